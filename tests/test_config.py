@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sslvit import config as config_lib
+from sslvit.config import ConfigError, RunConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_overrides_in_both_forms():
+    cfg = config_lib.load(None, ["data.batch_size=64", "--optim.betas", "[0.8, 0.9]", "--train.name=x"])
+    assert cfg.data.batch_size == 64
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.train.name == "x"
+    assert cfg.model.name == RunConfig().model.name
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 32\noptim:\n  lr: 0.001\n")
+    cfg = config_lib.load(path, ["optim.lr=0.002"])
+    assert cfg.data.batch_size == 32
+    assert cfg.optim.lr == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.batchsize=3", "data.batchsize"),
+        ("nosection.x=1", "nosection"),
+        ("data.batch_size=three", "data.batch_size"),
+        ("data.batch_size=2.5", "data.batch_size"),
+        ("objective.name=byol", "objective.name"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("train.compile=maybe", "train.compile"),
+    ],
+)
+def test_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(None, [override])
+    assert key in str(err.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: vit_base_patch16\n  dept: 3\n")
+    with pytest.raises(ConfigError, match="model.dept"):
+        config_lib.load(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config_lib.load(tmp_path / "nope.yaml")
+
+
+def test_int_accepted_where_float_expected_and_none_for_optional():
+    cfg = config_lib.load(None, ["optim.lr=1", "objective.mask_ratio=null"])
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
+    assert cfg.objective.mask_ratio is None
+
+
+def test_save_round_trip(tmp_path):
+    cfg = config_lib.load(None, ["data.crop_scale=[0.3, 0.9]", "train.trackers=[]"])
+    path = config_lib.save(cfg, tmp_path / "config.yaml")
+    again = config_lib.load(path)
+    assert again == cfg
+    assert yaml.safe_load(path.read_text())["data"]["crop_scale"] == [0.3, 0.9]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    if path.name.startswith("accelerate_"):
+        data = yaml.safe_load(path.read_text())
+        assert data["distributed_type"] == "FSDP"
+        return
+    cfg = config_lib.load(path)
+    assert isinstance(cfg, RunConfig)
+    assert path.read_text().lstrip().startswith("#"), "each config says in a comment what it is for"

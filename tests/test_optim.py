@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslvit.optim import build_optimizer, layer_id, lr_at, param_groups, set_lr
+
+
+class TinyEncoder(nn.Module):
+    def __init__(self, depth: int = 3):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.patch_embed = nn.Linear(4, 4)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4)) for _ in range(depth))
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+
+
+def test_lr_schedule_values():
+    assert lr_at(0, 1.0, 100, 10) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 100, 10) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 100, 10) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 100, 10) == pytest.approx(0.5)
+    assert lr_at(100, 1.0, 100, 10, min_lr=0.1) == pytest.approx(0.1)
+    assert lr_at(32, 2.0, 100, 10, schedule="linear") == pytest.approx(2.0 * (1 - 22 / 90))
+    assert lr_at(50, 2.0, 100, 0, schedule="constant") == 2.0
+    mid = lr_at(10 + 45 // 2, 1.0, 100, 10)
+    assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 90)))
+
+
+def test_no_weight_decay_on_norms_biases_embeddings_tokens():
+    groups = param_groups(TinyEncoder(), weight_decay=0.05)
+    decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
+    plain = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
+    assert decayed == {"patch_embed.weight", "blocks.0.1.weight", "blocks.1.1.weight", "blocks.2.1.weight",
+                       "head.weight"}
+    assert {"cls_token", "pos_embed", "norm.weight", "norm.bias", "blocks.0.0.weight", "head.bias"} <= plain
+
+
+def test_layer_decay_scales():
+    depth = 3
+    groups = param_groups(TinyEncoder(depth), weight_decay=0.05, layer_decay=0.5)
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["pos_embed"] == pytest.approx(0.5**4)
+    assert scale["patch_embed.weight"] == pytest.approx(0.5**4)
+    assert scale["blocks.0.1.weight"] == pytest.approx(0.5**3)
+    assert scale["blocks.2.1.weight"] == pytest.approx(0.5**1)
+    assert scale["head.weight"] == pytest.approx(1.0)
+    assert layer_id("encoder.blocks.7.attn.qkv.weight", 12) == 8
+
+
+def test_set_lr_applies_scale():
+    opt = build_optimizer(TinyEncoder(), "adamw", 0.05, (0.9, 0.95), layer_decay=0.5)
+    set_lr(opt, 1e-3)
+    lrs = sorted({round(g["lr"], 12) for g in opt.param_groups})
+    assert lrs == sorted({round(1e-3 * 0.5**k, 12) for k in range(5)})

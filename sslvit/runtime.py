@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
 
 from sslvit.config import RunConfig
 
@@ -35,24 +35,31 @@ def _launcher_process_count() -> int | None:
     return None
 
 
-def check_launch(accelerator: Accelerator) -> None:
+def check_launch(state: PartialState) -> None:
     """Refuse a launch that silently started fewer processes than were asked for.
 
     ``accelerate launch --cpu --num_processes 2`` runs the single-process launcher: one process,
     not two. Training on would give one run where two ranks were expected, so it stops here.
     """
     asked = _launcher_process_count()
-    if asked is not None and asked > accelerator.num_processes:
+    if asked is not None and asked > state.num_processes:
         raise LaunchError(
-            f"accelerate launch was asked for {asked} processes but started {accelerator.num_processes}. "
+            f"accelerate launch was asked for {asked} processes but started {state.num_processes}. "
             "With --cpu, accelerate uses its single-process launcher. For several CPU processes run\n"
             f"  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} pipelines/pretrain.py\n"
             f"or\n  torchrun --nproc_per_node {asked} pipelines/pretrain.py"
         )
 
 
-def make_accelerator(cfg: RunConfig, project_dir: Path | None = None) -> Accelerator:
-    """An Accelerator for ``cfg``: CPU (gloo for many ranks) when no GPU is present, bf16 on GPU by default."""
+def start_processes() -> PartialState:
+    """Join the process group (gloo on CPU when no GPU is present) and check the launch."""
+    state = PartialState(cpu=not torch.cuda.is_available())
+    check_launch(state)
+    return state
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
+    """An Accelerator for ``cfg`` logging into ``run_dir``: bf16 on GPU by default, fp32 on CPU."""
     on_gpu = torch.cuda.is_available()
     precision = cfg.train.precision
     if precision == "auto":
@@ -64,10 +71,9 @@ def make_accelerator(cfg: RunConfig, project_dir: Path | None = None) -> Acceler
         cpu=not on_gpu,
         mixed_precision=precision,
         log_with=log_with or None,
-        project_dir=str(project_dir) if project_dir else None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         dynamo_backend="inductor" if cfg.train.compile else None,
     )
-    check_launch(accelerator)
     return accelerator
 
 
@@ -78,7 +84,7 @@ def _tracker_available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def resolve_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
+def resolve_run_dir(cfg: RunConfig, accelerator: PartialState) -> Path:
     """``out_dir/name`` (one name agreed by all ranks); created and checked for writing on the main process."""
     name = cfg.train.name or f"{cfg.objective.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     box = [name]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from sslvit.checkpoint import save_model
 from sslvit.config import RunConfig
 from sslvit.data_setup import resolve_train_data
 from sslvit.optim import build_optimizer, lr_at, set_lr
-from sslvit.runtime import make_accelerator, resolve_run_dir
+from sslvit.runtime import make_accelerator, resolve_run_dir, start_processes
 from sslvit.throughput import mfu
 from sslvit.train_state import (
     TrainerState,
@@ -128,12 +128,13 @@ def train(
     """
     from sslvit.objectives import build_objective
 
-    accelerator = make_accelerator(cfg)
+    processes = start_processes()
     out_dir = Path(cfg.train.out_dir)
     resume_from = find_resume_point(cfg.train.resume, out_dir / (cfg.train.name or "_"), out_dir)
     if resume_from is not None and not cfg.train.name:
         cfg = replace(cfg, train=replace(cfg.train, name=resume_from.parent.parent.name))
-    run_dir = resolve_run_dir(cfg, accelerator)
+    run_dir = resolve_run_dir(cfg, processes)
+    accelerator = make_accelerator(cfg, run_dir)
     start = (
         validate_checkpoint(resume_from, accelerator.num_processes)
         if resume_from is not None
@@ -167,9 +168,7 @@ def train(
         config_lib.save(cfg, run_dir / "config.yaml")
         if start.step == 0 and (run_dir / "metrics.jsonl").exists():
             (run_dir / "metrics.jsonl").unlink()
-    if accelerator.is_main_process and cfg.train.trackers:
-        accelerator.project_configuration.project_dir = str(run_dir)
-        accelerator.logging_dir = str(run_dir / "logs")
+    if accelerator.is_main_process and accelerator.log_with:
         flat = {f"{s}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
                 for s, sec in resolved.items() for k, v in sec.items()}
         accelerator.init_trackers("sslvit", config=flat)

@@ -56,9 +56,10 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_int_accepted_where_float_expected_and_none_for_optional():
-    cfg = config_lib.load(None, ["optim.lr=1", "objective.mask_ratio=null"])
+    cfg = config_lib.load(None, ["optim.lr=1", "objective.mask_ratio=null", "optim.min_lr=1e-6"])
     assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
     assert cfg.objective.mask_ratio is None
+    assert cfg.optim.min_lr == pytest.approx(1e-6)
 
 
 def test_save_round_trip(tmp_path):
@@ -75,6 +76,11 @@ def test_shipped_configs_load(path):
         data = yaml.safe_load(path.read_text())
         assert data["distributed_type"] == "FSDP"
         return
-    cfg = config_lib.load(path)
+    if path.name.startswith("finetune_"):
+        from sslvit.evaluate.finetune import FinetuneConfig
+
+        cfg = config_lib.load(path, cls=FinetuneConfig)
+    else:
+        cfg = config_lib.load(path)
     assert isinstance(cfg, RunConfig)
     assert path.read_text().lstrip().startswith("#"), "each config says in a comment what it is for"

@@ -17,6 +17,7 @@ from sslvit.checkpoint import read_metadata
 from sslvit.train_state import ResumeError, list_checkpoints, validate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "pipelines" / "configs" / "default.yaml"
 TINY = [
     "model.name=vit_pico_patch4",
     "objective.decoder_depth=1",
@@ -67,7 +68,7 @@ def test_default_run_writes_a_self_describing_encoder(workdir):
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
     assert all(r["images_per_s"] > 0 for r in lines if "loss" in r)
     assert list((run / "logs").rglob("events.out.tfevents*")), "TensorBoard logs are written"
-    assert str(run / "model.safetensors") in out.stdout and "linear_probe.py --checkpoint" in out.stdout
+    assert "runs/default/model.safetensors" in out.stdout and "linear_probe.py --checkpoint" in out.stdout
     assert (workdir / "data" / "shards" / "digits" / "train" / "manifest.json").is_file()
 
 
@@ -75,7 +76,7 @@ KILLER = """
 import os, signal, sys
 from sslvit import config
 from sslvit.train import train
-cfg = config.load(None, sys.argv[2:])
+cfg = config.load(sys.argv[2], sys.argv[3:])
 def kill(step):
     if step == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -89,7 +90,7 @@ def test_resume_after_sigkill_is_bitwise_identical(workdir):
     assert full.returncode == 0, full.stderr[-3000:]
 
     killed = subprocess.run(
-        [sys.executable, "-c", KILLER, "3", *TINY, *common, "train.name=killed"],
+        [sys.executable, "-c", KILLER, "3", str(DEFAULT_CONFIG), *TINY, *common, "train.name=killed"],
         cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -166,7 +167,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir, monkeypatch):
 
     monkeypatch.setattr(objectives, "build_objective", poisoned)
     monkeypatch.chdir(workdir)
-    cfg = config_lib.load(None, [*TINY, "data.num_workers=0", "train.steps=10", "train.ckpt_every=2",
+    cfg = config_lib.load(DEFAULT_CONFIG, [*TINY, "data.num_workers=0", "train.steps=10", "train.ckpt_every=2",
                                  "train.name=nan", "train.trackers=[]"])
     with pytest.raises(NonFiniteLossError, match="at step 5") as err:
         train(cfg)

@@ -1,0 +1,33 @@
+"""Data layer: tar shards in, uint8 image batches out.
+
+    write_shards / ShardWriter / load_manifest     sslvit.data.shards   (data/make_shards.py is the CLI)
+    image_folder / hf_dataset                      sslvit.data.sources
+    ensure_digits_shards                           sslvit.data.digits   (built-in corpus)
+    build_loader / StreamLoader / resolve_shards   sslvit.data.stream, sslvit.data.plan
+    pretrain/finetune/probe/eval_transform, normalize   sslvit.data.transforms
+"""
+
+from sslvit.data.decode import DEFAULT_MAX_PIXELS, SampleError, decode_image
+from sslvit.data.digits import ensure_digits_shards
+from sslvit.data.plan import ShardSet, resolve, resolve_shards
+from sslvit.data.shards import ShardWriter, SourceItem, load_manifest, write_shards
+from sslvit.data.sources import hf_dataset, image_folder
+from sslvit.data.stream import StreamLoader, build_loader, default_rank_world
+from sslvit.data.transforms import (
+                                    IMAGENET_MEAN,
+                                    IMAGENET_STD,
+                                    ImageTransform,
+                                    eval_transform,
+                                    finetune_transform,
+                                    normalize,
+                                    pretrain_transform,
+                                    probe_transform,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageTransform", "SampleError", "ShardSet",
+    "ShardWriter", "SourceItem", "StreamLoader", "build_loader", "decode_image", "default_rank_world",
+    "ensure_digits_shards", "eval_transform", "finetune_transform", "hf_dataset", "image_folder",
+    "load_manifest", "normalize", "pretrain_transform", "probe_transform", "resolve", "resolve_shards",
+    "write_shards",
+]

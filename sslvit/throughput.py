@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from accelerate import Accelerator
-
 import torch
+from accelerate import Accelerator
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched on the device name.
 BF16_PEAK = {

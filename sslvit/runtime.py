@@ -80,7 +80,9 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
 def _tracker_available(name: str) -> bool:
     import importlib.util
 
-    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim"}.get(name, name)
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim"}.get(
+        name, name
+    )
     return importlib.util.find_spec(module) is not None
 
 

@@ -102,8 +102,16 @@ def _batches(loader: Any, start_micro: int) -> Iterator[tuple[int, int, dict]]:
         epoch, index = epoch + 1, 0
 
 
+def _say(accelerator: Accelerator, message: str) -> None:
+    """Print once for the whole job (global main process), not once per node."""
+    if accelerator.is_main_process:
+        print(message, flush=True)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 def _log(accelerator: Accelerator, run_dir: Path, step: int, values: dict[str, float]) -> None:
@@ -169,23 +177,32 @@ def train(
         if start.step == 0 and (run_dir / "metrics.jsonl").exists():
             (run_dir / "metrics.jsonl").unlink()
     if accelerator.is_main_process and accelerator.log_with:
-        flat = {f"{s}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
-                for s, sec in resolved.items() for k, v in sec.items()}
+        flat = {
+            f"{s}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
+            for s, sec in resolved.items()
+            for k, v in sec.items()
+        }
         accelerator.init_trackers("sslvit", config=flat)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        accelerator.print(f"resumed from {resume_from} at step {start.step}")
+        _say(accelerator, f"resumed from {resume_from} at step {start.step}")
 
-    accelerator.print(
+    _say(
+        accelerator,
         f"run {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device} | "
         f"{data.num_samples} samples, {len(loader)} batches/epoch/rank, {total_steps} steps, "
-        f"global batch {global_batch}, peak lr {peak_lr:.3g}"
+        f"global batch {global_batch}, peak lr {peak_lr:.3g}",
     )
     flops_per_image = plain.flops_per_image() if hasattr(plain, "flops_per_image") else None
     stream = _batches(loader, start.micro_batch)
     state = start
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
-               desc="pretrain", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        disable=not (accelerator.is_main_process and cfg.train.progress),
+        desc="pretrain",
+        dynamic_ncols=True,
+    )
     window_start, window_images = time.perf_counter(), 0
     epoch_now = state.micro_batch // len(loader)
     objective.train()
@@ -216,8 +233,11 @@ def train(
             if state.nonfinite_skipped > cfg.train.max_nonfinite:
                 bar.close()
                 _raise_nonfinite(run_dir, state.step + 1, step_loss.item())
-            accelerator.print(f"step {state.step + 1}: non-finite loss, step skipped "
-                              f"({state.nonfinite_skipped}/{cfg.train.max_nonfinite})")
+            _say(
+                accelerator,
+                f"step {state.step + 1}: non-finite loss, step skipped "
+                f"({state.nonfinite_skipped}/{cfg.train.max_nonfinite})",
+            )
             continue
         grad_norm = None
         if cfg.optim.clip_grad:
@@ -261,20 +281,35 @@ def _raise_nonfinite(run_dir: Path, step: int, value: float) -> None:
     )
 
 
-def _end_epoch(accelerator: Accelerator, callback: Callable | None, objective: nn.Module, loader: Any,
-               epoch: int, step: int, run_dir: Path) -> None:
+def _end_epoch(
+    accelerator: Accelerator,
+    callback: Callable | None,
+    objective: nn.Module,
+    loader: Any,
+    epoch: int,
+    step: int,
+    run_dir: Path,
+) -> None:
     skipped = loader.stats
     if skipped and any(skipped.values()):
-        accelerator.print(f"epoch {epoch}: skipped samples {dict(skipped)}")
+        _say(accelerator, f"epoch {epoch}: skipped samples {dict(skipped)}")
     values = {f"skipped/{k}": float(v) for k, v in (skipped or {}).items()}
     if callback is not None:
-        values.update(callback(EpochContext(accelerator, objective, objective.encoder, epoch, step, run_dir)) or {})
+        values.update(
+            callback(EpochContext(accelerator, objective, objective.encoder, epoch, step, run_dir)) or {}
+        )
     if values:
         _log(accelerator, run_dir, step, {"epoch": epoch, **values})
 
 
-def _finish(accelerator: Accelerator, cfg: RunConfig, objective: nn.Module, run_dir: Path,
-            state: TrainerState, resolved: dict) -> RunResult:
+def _finish(
+    accelerator: Accelerator,
+    cfg: RunConfig,
+    objective: nn.Module,
+    run_dir: Path,
+    state: TrainerState,
+    resolved: dict,
+) -> RunResult:
     model_path, objective_path = run_dir / "model.safetensors", run_dir / "objective.safetensors"
     steps = torch.tensor([state.step], device=accelerator.device)
     per_rank = accelerator.gather(steps).tolist()
@@ -284,8 +319,13 @@ def _finish(accelerator: Accelerator, cfg: RunConfig, objective: nn.Module, run_
         extra = {"objective": resolved["objective"], "config": resolved}
         save_model(encoder, model_path, encoder.get_config(), kind="encoder", extra=extra)
         save_model(objective, objective_path, encoder.get_config(), kind="objective", extra=extra)
-        summary = {"steps": state.step, "world_size": accelerator.num_processes, "steps_per_rank": per_rank,
-                   "model": str(model_path), "objective": str(objective_path)}
+        summary = {
+            "steps": state.step,
+            "world_size": accelerator.num_processes,
+            "steps_per_rank": per_rank,
+            "model": str(model_path),
+            "objective": str(objective_path),
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()

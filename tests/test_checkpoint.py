@@ -18,7 +18,9 @@ def _pico(**kw):
 
 def test_round_trip_identical_outputs_and_metadata(tmp_path):
     model = _pico()
-    path = save_model(model, tmp_path / "model.safetensors", model.get_config(), extra={"objective": {"name": "mae"}})
+    path = save_model(
+        model, tmp_path / "model.safetensors", model.get_config(), extra={"objective": {"name": "mae"}}
+    )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "pt"
@@ -91,7 +93,9 @@ def test_wrong_key_and_shape_are_named(tmp_path):
 def test_new_head_on_an_encoder(tmp_path):
     model = _pico()
     path = tmp_path / "enc.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"format": "pt"}
+    )
     classifier = load_checkpoint(path, model_name="vit_pico_patch4", num_classes=10)
     assert classifier(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     torch.testing.assert_close(classifier.patch_embed.proj.weight, model.patch_embed.proj.weight)

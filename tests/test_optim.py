@@ -34,8 +34,13 @@ def test_no_weight_decay_on_norms_biases_embeddings_tokens():
     groups = param_groups(TinyEncoder(), weight_decay=0.05)
     decayed = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
     plain = {n for g in groups if g["weight_decay"] == 0 for n in g["names"]}
-    assert decayed == {"patch_embed.weight", "blocks.0.1.weight", "blocks.1.1.weight", "blocks.2.1.weight",
-                       "head.weight"}
+    assert decayed == {
+        "patch_embed.weight",
+        "blocks.0.1.weight",
+        "blocks.1.1.weight",
+        "blocks.2.1.weight",
+        "head.weight",
+    }
     assert {"cls_token", "pos_embed", "norm.weight", "norm.bias", "blocks.0.0.weight", "head.bias"} <= plain
 
 

@@ -33,7 +33,11 @@ TINY = [
 
 
 def _env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    }
     env["PYTHONPATH"] = str(ROOT)
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -91,7 +95,11 @@ def test_resume_after_sigkill_is_bitwise_identical(workdir):
 
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, "3", str(DEFAULT_CONFIG), *TINY, *common, "train.name=killed"],
-        cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=300,
+        cwd=workdir,
+        env=_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = workdir / "runs" / "killed"
@@ -107,7 +115,11 @@ def test_resume_after_sigkill_is_bitwise_identical(workdir):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     first = load_file(str(workdir / "runs" / "full" / "checkpoints" / "step_0000002" / "model.safetensors"))
-    assert any(not torch.equal(first[k], a[f"{k.removeprefix('encoder.')}"]) for k in first if k.startswith("encoder."))
+    assert any(
+        not torch.equal(first[k], a[f"{k.removeprefix('encoder.')}"])
+        for k in first
+        if k.startswith("encoder.")
+    )
 
 
 def test_resume_refuses_missing_and_partial_checkpoints(tmp_path):
@@ -124,22 +136,57 @@ def test_resume_refuses_missing_and_partial_checkpoints(tmp_path):
 
 
 def test_two_cpu_processes_through_accelerate_launch(workdir):
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517")
-    out = _pretrain(workdir, "train.steps=4", "train.name=ddp", "train.trackers=[]", launcher=launcher,
-                    env_extra={"ACCELERATE_USE_CPU": "1"})
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+    )
+    out = _pretrain(
+        workdir,
+        "train.steps=4",
+        "train.name=ddp",
+        "train.trackers=[]",
+        launcher=launcher,
+        env_extra={"ACCELERATE_USE_CPU": "1"},
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     summary = json.loads((workdir / "runs" / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["steps_per_rank"] == [4, 4]
-    logged = [json.loads(x)["step"] for x in (workdir / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(x)]
+    logged = [
+        json.loads(x)["step"]
+        for x in (workdir / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(x)
+    ]
     assert logged == [1, 2, 3, 4], "one log line per step, from the main process only"
 
 
 def test_cpu_flag_with_two_processes_fails_loudly(workdir):
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    )
     out = _pretrain(workdir, "train.steps=2", "train.name=cpu2", launcher=launcher)
     assert out.returncode != 0
     assert "asked for 2 processes but started 1" in out.stderr
@@ -167,8 +214,17 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir, monkeypatch):
 
     monkeypatch.setattr(objectives, "build_objective", poisoned)
     monkeypatch.chdir(workdir)
-    cfg = config_lib.load(DEFAULT_CONFIG, [*TINY, "data.num_workers=0", "train.steps=10", "train.ckpt_every=2",
-                                 "train.name=nan", "train.trackers=[]"])
+    cfg = config_lib.load(
+        DEFAULT_CONFIG,
+        [
+            *TINY,
+            "data.num_workers=0",
+            "train.steps=10",
+            "train.ckpt_every=2",
+            "train.name=nan",
+            "train.trackers=[]",
+        ],
+    )
     with pytest.raises(NonFiniteLossError, match="at step 5") as err:
         train(cfg)
     run = workdir / "runs" / "nan"

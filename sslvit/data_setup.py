@@ -28,8 +28,7 @@ class TrainData:
 
     def make_loader(self, masker: Callable | None = None) -> Any:
         """The streaming loader for this rank, with ``masker`` building masks per batch."""
-        from sslvit.data.stream import build_loader
-        from sslvit.data.transforms import pretrain_transform
+        from sslvit.data import build_loader, pretrain_transform
 
         d = self.cfg.data
         transform = pretrain_transform(d.image_size, scale=tuple(d.crop_scale), hflip=d.hflip)
@@ -51,7 +50,7 @@ class TrainData:
 
 def default_shards(split: str, image_size: int, accelerator: Accelerator | None = None) -> str:
     """The built-in digits corpus split, built on first use by the main process while the others wait."""
-    from sslvit.data.shards import ensure_digits_shards
+    from sslvit.data import ensure_digits_shards
 
     if accelerator is None or accelerator.is_main_process:
         paths = ensure_digits_shards(image_size=image_size)
@@ -64,7 +63,7 @@ def default_shards(split: str, image_size: int, accelerator: Accelerator | None 
 
 def resolve_train_data(cfg: RunConfig, accelerator: Accelerator) -> TrainData:
     """Resolve ``cfg.data.train_shards`` ("" = built-in digits) and its mean / std."""
-    from sslvit.data.stream import load_manifest, resolve_shards
+    from sslvit.data import load_manifest, resolve_shards
 
     spec = cfg.data.train_shards or default_shards("train", cfg.data.digits_image_size, accelerator)
     resolve_shards(spec)  # raises naming the pattern / path when nothing matches

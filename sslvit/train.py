@@ -267,7 +267,8 @@ def train(
     bar.close()
     if state.micro_batch % len(loader) == 0:
         _end_epoch(accelerator, on_epoch_end, plain, loader, epoch_now, state.step, run_dir)
-    return _finish(accelerator, cfg, plain, run_dir, state, resolved)
+    normalization = {"mean": list(data.mean), "std": list(data.std)}
+    return _finish(accelerator, plain, run_dir, state, {**resolved, "normalization": normalization})
 
 
 def _raise_nonfinite(run_dir: Path, step: int, value: float) -> None:
@@ -304,7 +305,6 @@ def _end_epoch(
 
 def _finish(
     accelerator: Accelerator,
-    cfg: RunConfig,
     objective: nn.Module,
     run_dir: Path,
     state: TrainerState,
@@ -316,7 +316,11 @@ def _finish(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         encoder = objective.encoder
-        extra = {"objective": resolved["objective"], "config": resolved}
+        extra = {
+            "objective": resolved["objective"],
+            "normalization": resolved.pop("normalization"),
+            "config": resolved,
+        }
         save_model(encoder, model_path, encoder.get_config(), kind="encoder", extra=extra)
         save_model(objective, objective_path, encoder.get_config(), kind="objective", extra=extra)
         summary = {

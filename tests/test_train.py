@@ -64,6 +64,9 @@ def test_default_run_writes_a_self_describing_encoder(workdir):
     assert meta["kind"] == "encoder"
     assert meta["model"]["arch"] == "vit_pico_patch4"
     assert meta["config"]["train"]["steps"] == 3
+    manifest = json.loads((workdir / "data" / "shards" / "digits" / "train" / "manifest.json").read_text())
+    assert meta["normalization"] == {"mean": manifest["mean"], "std": manifest["std"]}
+    assert (run / "model.safetensors").stat().st_mode & 0o044, "the checkpoint is readable by others"
     model = load_checkpoint(run / "model.safetensors")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 32)
     assert read_metadata(run / "objective.safetensors")["kind"] == "objective"

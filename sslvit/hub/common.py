@@ -1,0 +1,40 @@
+"""What the Hub modules share: the error type, file names, repo-id checks and file hashing."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+FIGURES_DIR = "figures"
+
+
+class PublishError(ValueError):
+    """Publishing or loading cannot go on; the message says what is wrong and how to fix it."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_repo_id(repo_id: str, need_namespace: bool = True) -> str:
+    """Return ``repo_id`` if it is a valid Hub model id (``ORG/NAME``), else raise :class:`PublishError`."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or not repo_id:
+        raise PublishError("invalid repo id: empty; expected ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PublishError(f"invalid repo id {repo_id!r}: {err}") from None
+    if need_namespace and repo_id.count("/") != 1:
+        raise PublishError(f"invalid repo id {repo_id!r}: expected ORG/NAME (a namespace and a name)")
+    return repo_id

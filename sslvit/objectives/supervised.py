@@ -1,0 +1,82 @@
+"""Supervised classification: cross-entropy with label smoothing (or sigmoid BCE), MixUp / CutMix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from sslvit.models.vit import VisionTransformer
+from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+
+
+class Supervised(Objective):
+    """Classify with the encoder's head.
+
+    cfg: ``num_classes`` (0 keeps the encoder's head; a different count replaces it), ``label_smoothing``,
+    ``mixup_alpha`` / ``cutmix_alpha`` (0 = off; both on = one of the two per batch, chosen at
+    random; applied on the device, in training mode only), ``loss``: ``"ce"`` (softmax cross-entropy)
+    or ``"bce"`` (sigmoid cross-entropy summed over classes, as in big_vision). Samples with
+    ``valid == False`` or label -1 take no part in the loss. Metrics: ``loss`` and, when the batch
+    was not mixed, ``acc1``.
+    """
+
+    name = "supervised"
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        cfg: Any,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__(encoder, cfg, mean, std)
+        num_classes = cfg.num_classes or encoder.num_classes
+        if num_classes <= 0:
+            raise ValueError("supervised objective needs num_classes > 0 (objective.num_classes)")
+        if encoder.num_classes != num_classes:
+            encoder.reset_classifier(num_classes)
+        if cfg.loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {cfg.loss!r}")
+        self.num_classes = num_classes
+        self.loss_kind = cfg.loss
+        self.label_smoothing = float(cfg.label_smoothing)
+        mixers = []
+        if cfg.mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
+        if cfg.cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
+        self.mix = v2.RandomChoice(mixers) if len(mixers) == 2 else (mixers[0] if mixers else None)
+
+    def loss_per_sample(
+        self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None
+    ) -> torch.Tensor:
+        """logits: (N, C), labels: int64 (N,) in [0, C), soft: optional mixed targets (N, C) -> (N,)."""
+        logits, eps, c = logits.float(), self.label_smoothing, self.num_classes
+        if self.loss_kind == "ce" and soft is None:
+            return F.cross_entropy(logits, labels, label_smoothing=eps, reduction="none")
+        target = F.one_hot(labels, c).float() if soft is None else soft.float()
+        target = target * (1 - eps) + eps / c
+        if self.loss_kind == "ce":
+            return -(target * logits.log_softmax(dim=-1)).sum(dim=-1)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        """batch with "image" and "label" -> (loss, {"loss", "acc1" when unmixed})."""
+        images = self.normalize(batch["image"])
+        labels = batch["label"].to(images.device)
+        weights = self.sample_weights(batch) * (labels >= 0).float()
+        labels = labels.clamp_min(0)
+        soft = None
+        if self.training and self.mix is not None:
+            images, soft = self.mix(images, labels)
+        logits = self.encoder(images)
+        loss = self.weighted_mean(self.loss_per_sample(logits, labels, soft), weights)
+        metrics: Metrics = {"loss": loss.detach()}
+        if soft is None:
+            correct = (logits.argmax(dim=-1) == labels).float()
+            metrics["acc1"] = self.weighted_mean(correct, weights).detach()
+        return loss, metrics

@@ -146,18 +146,17 @@ def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], ignor
     its own. Any other missing or unexpected key or shape mismatch raises :class:`CheckpointError`
     listing each one.
     """
-    from sslvit.models.pos_embed import resample_pos_embed
+    from sslvit.models.pos_embed import resample_state_pos_embed
 
     state = strip_prefixes(state)
     own = model.state_dict()
     if ignore_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         state.update({k: v for k, v in own.items() if k.startswith("head.")})
-    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
-        src = state["pos_embed"]
-        prefix = model.num_prefix_tokens
-        if src.ndim == 3 and src.shape[-1] == own["pos_embed"].shape[-1]:
-            state["pos_embed"] = resample_pos_embed(src, tuple(model.patch_embed.grid_size), prefix)
+    tables = [k for k in ("pos_embed", "pos_embed_row", "pos_embed_col") if k in state and k in own]
+    if any(state[k].shape != own[k].shape and state[k].shape[-1] == own[k].shape[-1] for k in tables):
+        grid = tuple(model.patch_embed.grid_size)
+        state = resample_state_pos_embed(state, grid, model.num_prefix_tokens)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [

@@ -106,14 +106,20 @@ def build_optimizer(
     betas: tuple[float, float],
     layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam over :func:`param_groups`; lr is set per step later."""
+    """AdamW (decoupled weight decay) or Adam over :func:`param_groups`; lr is set per step later.
+
+    The fused implementation is used (one kernel over all parameters, CPU and CUDA); parameters are
+    expected on their final device before the optimizer is built, as accelerate's ``prepare`` does.
+    """
     groups = param_groups(model, weight_decay, layer_decay)
     for group in groups:
         group.pop("names")
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, betas=betas)
+        return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=fused)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=0.0, betas=betas)
+        return torch.optim.Adam(groups, lr=0.0, betas=betas, fused=fused)
     raise ValueError(f"optim.name: unknown optimizer {name!r}")
 
 

@@ -108,3 +108,11 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     bad.write_bytes(b"\x00" * 20)
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         load_checkpoint(bad)
+
+
+def test_row_column_position_tables_are_resampled(tmp_path):
+    model = _pico(pos_embed="learned_2d")
+    path = save_model(model, tmp_path / "m2d.safetensors", model.get_config())
+    bigger = load_checkpoint(path, img_size=64)
+    assert bigger.pos_embed_row.shape[1] == 16 and bigger.pos_embed_col.shape[1] == 16
+    assert bigger(torch.randn(1, 3, 64, 64)).shape == (1, 32)

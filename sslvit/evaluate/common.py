@@ -1,0 +1,237 @@
+"""What every evaluator shares: its base options, the command line, checkpoints and metrics files.
+
+Each evaluator's options are a flat dataclass derived from :class:`EvalConfig`. Every field carries
+its help text in ``metadata["help"]``, so :func:`parse_cli` can print a complete ``--help``; it loads
+the rest of the command line with :func:`load_config` (the checks of :mod:`sslvit.config`: unknown
+keys and wrong types fail before any work starts, naming the key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import re
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from torch import nn
+
+from sslvit import config as config_lib
+from sslvit.checkpoint import load_checkpoint, read_metadata
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its ``--help`` text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EvalConfig:
+    """Options shared by the frozen-encoder evaluators (linear probe, kNN)."""
+
+    checkpoint: str = opt("", "encoder to evaluate: sslvit .safetensors, or a plain ViT state dict "
+                              "(.safetensors / .pth, common timm/MAE/DeiT names)")
+    model: str = opt("", "registered variant name (e.g. vit_base_patch16) for plain state dicts whose "
+                         "architecture cannot be inferred from the tensor shapes")
+    train: str = opt("", "training split: shard spec (directory, manifest.json, brace pattern, "
+                         "comma list) or 'hf:NAME[:SPLIT]'; '' = the built-in digits train split")
+    val: str = opt("", "validation split, same forms as --train; '' = the built-in digits val split")
+    digits_image_size: int = opt(32, "side of the built-in digits corpus images")
+    image_size: int | None = opt(None, "side of the images fed to the encoder; null = the encoder's own")
+    crop_pct: float = opt(0.875, "eval transform: resize the shorter side to image_size / crop_pct, centre crop")
+    mean: tuple[float, float, float] | None = opt(None, "pixel mean in [0,1]; null = the checkpoint's "
+                                                         "run config, else the data manifest, else ImageNet's")
+    std: tuple[float, float, float] | None = opt(None, "pixel std in [0,1]; null = as for --mean")
+    pool: Literal["token", "avg", "token+avg"] = opt("token", "feature of one block: class token, "
+                                                           "average of patch tokens, or both concatenated")
+    last_k: int = opt(1, "concatenate the pooled features of the last k blocks (each after the final norm)")
+    batch_size: int = opt(128, "images per process per batch during feature extraction")
+    num_workers: int = opt(2, "data loader worker processes")
+    out_dir: str = opt("", "where the metrics JSON and the feature cache go; '' = <checkpoint dir>/eval")
+    cache: bool = opt(True, "reuse cached features (keyed by checkpoint sha256 + data + options)")
+    seed: int = opt(0, "random seed (probe initialisation, batch order, held-out split)")
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a dataclass's field lines, by field name."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.M))
+
+
+def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None, defaults: Any = None) -> str:
+    """One entry per (nested) field of ``cls``: ``--name TYPE (default: X)`` and its meaning.
+
+    Defaults are read from ``defaults`` (an instance; ``cls()`` when None). The meaning is
+    ``extra[dotted name]``, else the field's ``metadata["help"]``, else the comment on its line in
+    the source.
+    """
+    defaults = cls() if defaults is None else defaults
+    hints = typing.get_type_hints(cls)
+    comments = _source_comments(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        name, tp, default = f"{prefix}{f.name}", hints[f.name], getattr(defaults, f.name)
+        if dataclasses.is_dataclass(tp):
+            lines.append(field_help(tp, f"{name}.", extra, default))
+            continue
+        text = (extra or {}).get(name) or f.metadata.get("help") or comments.get(f.name, "")
+        shown = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+        lines.append(f"  --{name} {shown} (default: {json.dumps(default)})\n      {text}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(cls: type, file: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """Like :func:`sslvit.config.load`, but unset keys keep ``cls()``'s own defaults, also inside
+    sections whose default a subclass changed (``FinetuneConfig.objective.name == "supervised"``).
+
+    Unknown keys and wrong types raise :class:`~sslvit.config.ConfigError` naming the dotted key; a
+    missing file raises ``FileNotFoundError`` naming it.
+    """
+    tree = config_lib.to_dict(cls())
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise config_lib.ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise config_lib.ConfigError(f"{path}: the top level must be a mapping")
+        tree = _merge(tree, loaded)
+    tree = _merge(tree, config_lib.parse_overrides(list(overrides)))
+    return config_lib.from_dict(tree, cls=cls)
+
+
+def parse_cli(
+    cls: type,
+    argv: Sequence[str] | None = None,
+    description: str = "",
+    aliases: dict[str, str] | None = None,
+    extra_help: dict[str, str] | None = None,
+) -> Any:
+    """Parse ``[--config FILE] [--key value | key=value ...]`` into a ``cls`` instance.
+
+    ``aliases`` maps short flags to dotted keys (``{"checkpoint": "finetune.checkpoint"}``).
+    ``--help`` prints every option with its type, default and meaning and exits. Invalid keys,
+    values or files print the error (which names the key or file) and exit with status 2.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        prog = Path(sys.argv[0]).name
+        print(f"usage: {prog} [--config FILE.yaml] [--KEY VALUE | KEY=VALUE ...]\n\n{description}\n")
+        print("options (values are YAML; a config file holds the same keys):")
+        print("  --config FILE\n      YAML file with any of the keys below; the command line overrides it")
+        for short, dotted in (aliases or {}).items():
+            print(f"  --{short} VALUE\n      same as --{dotted}")
+        print(field_help(cls, extra=extra_help))
+        raise SystemExit(0)
+    file = None
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            print("error: --config needs a file", file=sys.stderr)
+            raise SystemExit(2)
+        file = args[i + 1]
+        del args[i : i + 2]
+    for short, dotted in (aliases or {}).items():
+        args = [f"--{dotted}" if a == f"--{short}" else
+                f"--{dotted}={a.split('=', 1)[1]}" if a.startswith(f"--{short}=") else a for a in args]
+    try:
+        return load_config(cls, file, args)
+    except (config_lib.ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_encoder(cfg: EvalConfig, **overrides: Any) -> nn.Module:
+    """Load ``cfg.checkpoint`` as an encoder (eval mode), ``cfg.model`` naming plain state dicts."""
+    if not cfg.checkpoint:
+        raise config_lib.ConfigError("checkpoint: required (--checkpoint PATH)")
+    return load_checkpoint(cfg.checkpoint, model_name=cfg.model or None, **overrides)
+
+
+def encoder_image_size(encoder: nn.Module) -> int:
+    """Side in pixels of the images ``encoder`` was built for (grid height * patch size)."""
+    grid = encoder.patch_embed.grid_size
+    patch = encoder.patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return int(grid[0]) * int(patch)
+
+
+def checkpoint_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Mean / std the checkpoint's run normalised its images with, when its metadata records them."""
+    meta = read_metadata(path)
+    for key in ("normalization", "data"):
+        value = meta.get(key)
+        if isinstance(value, dict) and value.get("mean") and value.get("std"):
+            return tuple(value["mean"]), tuple(value["std"])
+    run = meta.get("config")
+    if isinstance(run, dict):
+        data = run.get("data", {})
+        if data.get("mean") and data.get("std"):
+            return tuple(data["mean"]), tuple(data["std"])
+    return None
+
+
+def output_dir(cfg: EvalConfig) -> Path:
+    """``cfg.out_dir`` or ``<checkpoint dir>/eval``, created."""
+    out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics`` as indented JSON to ``path`` (via a temporary file) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def topk_accuracy(scores: Any, labels: Any, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Percent of rows whose label is among the ``k`` highest scores.
+
+    scores: (N, C) logits or class scores; labels: (N,) int64. ``k`` is capped at C.
+    Returns ``{"top1": .., "top5": ..}``.
+    """
+    out = {}
+    n = max(1, labels.numel())
+    for k in ks:
+        kk = min(k, scores.shape[1])
+        hit = (scores.topk(kk, dim=1).indices == labels[:, None]).any(dim=1)
+        out[f"top{k}"] = 100.0 * hit.sum().item() / n
+    return out

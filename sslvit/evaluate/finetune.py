@@ -1,0 +1,268 @@
+"""Full fine-tuning of a pretrained encoder with a fresh classification head, validated every epoch.
+
+Built on :func:`sslvit.train.train` with the supervised objective (label smoothing, MixUp, CutMix)
+and layer-wise learning-rate decay (``optim.layer_decay``; patch / position embeddings are layer 0,
+``blocks.i`` layer ``i + 1``, the final norm and head ``depth + 1``, so a parameter's lr is
+``peak * decay ** (depth + 1 - layer)``). Drop path comes from ``model.drop_path_rate``; a
+``data.image_size`` other than the checkpoint's resamples the position embeddings. The run
+directory is a normal run (``model.safetensors``, ``config.yaml``, ``metrics.jsonl``) plus
+``finetune.json`` with the validation history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from torch import nn
+
+from sslvit.checkpoint import load_checkpoint
+from sslvit.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from sslvit.evaluate.common import encoder_image_size, opt, sha256_file, write_metrics
+
+
+@dataclass
+class FinetuneOptions:
+    """What to fine-tune and how to validate it."""
+
+    checkpoint: str = opt("", "pretrained encoder: sslvit .safetensors or a plain ViT state dict "
+                              "(.safetensors / .pth); model.name names its variant when not inferable")
+    eval_batch_size: int = opt(128, "images per process per validation batch")
+    eval_crop_pct: float = opt(0.875, "validation transform: resize to image_size / crop_pct, centre crop")
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """A run config plus a ``finetune`` section. The defaults fine-tune a small encoder on the built-in
+    digits corpus in minutes on a CPU (20 epochs, batch 32, peak lr 1e-3, layer decay 0.75, drop path
+    0.1, label smoothing 0.1; MixUp / CutMix off, as they slow such short runs down); the ImageNet
+    recipe is pipelines/configs/finetune_mae_vit_base.yaml."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=32, crop_scale=(0.5, 1.0), hflip=False))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="", drop_path_rate=0.1))
+    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(
+        name="supervised", label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        base_lr=8e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=3, layer_decay=0.75))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, log_every=20))
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module,
+    loader: Any,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    accelerator: Accelerator | None = None,
+) -> dict[str, float]:
+    """Top-1 / top-5 (percent) of ``model``'s logits over a labelled loader, summed over all ranks.
+
+    Batches hold "image" uint8 (N, 3, H, W), "label" (N,), optionally "valid" (N,); the model maps
+    normalised images to logits (N, C). The model's train/eval mode is restored afterwards.
+    """
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    counts = torch.zeros(3, device=device, dtype=torch.float64)  # top-1 hits, top-5 hits, samples
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        labels = batch["label"].to(device).long()
+        keep = batch["valid"].to(device).bool() if "valid" in batch else torch.ones_like(labels, dtype=torch.bool)
+        with accelerator.autocast() if accelerator is not None else nullcontext():
+            logits = model((images - mean_t) / std_t).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit5 = (top == labels[:, None]).any(dim=1) & keep
+        hit1 = (top[:, 0] == labels) & keep
+        counts += torch.stack([hit1.sum(), hit5.sum(), keep.sum()]).double()
+    if accelerator is not None and accelerator.num_processes > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+    model.train(was_training)
+    total = max(1.0, counts[2].item())
+    return {"top1": 100.0 * counts[0].item() / total, "top5": 100.0 * counts[1].item() / total,
+            "samples": int(counts[2].item())}
+
+
+def num_classes_of(spec: str) -> int:
+    """Number of classes recorded in the manifest of the shards ``spec`` (0 when unknown)."""
+    from sslvit.data.stream import load_manifest
+
+    try:
+        manifest = load_manifest(spec) or {}
+    except (FileNotFoundError, ValueError, OSError):
+        return 0
+    if manifest.get("num_classes"):
+        return int(manifest["num_classes"])
+    classes = manifest.get("classes") or manifest.get("class_names")
+    return len(classes) if classes else 0
+
+
+def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, dict[str, Any]]:
+    """Resolve data, classes and normalisation, and load the encoder with a fresh ``num_classes`` head.
+
+    Returns the completed config (``objective.num_classes``, ``data.mean``/``std``, ``model.name`` set),
+    the encoder and a description of the inputs (checkpoint path + sha256, data specs).
+    """
+    from sslvit.data_setup import default_shards
+    from sslvit.evaluate.features import resolve_normalization
+
+    if not cfg.finetune.checkpoint:
+        raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
+    if cfg.objective.name != "supervised":
+        raise ConfigError(f"objective.name: fine-tuning needs 'supervised', got {cfg.objective.name!r}")
+    state = PartialState()
+    train_spec = cfg.data.train_shards or default_shards("train", cfg.data.digits_image_size, state)
+    val_spec = cfg.data.val_shards or default_shards("val", cfg.data.digits_image_size, state)
+    classes = cfg.objective.num_classes or cfg.model.num_classes or num_classes_of(train_spec)
+    if classes <= 0:
+        raise ConfigError(f"objective.num_classes: the manifest of {train_spec!r} does not record the "
+                          "number of classes; set objective.num_classes")
+    overrides: dict[str, Any] = {"num_classes": classes, "drop_path_rate": cfg.model.drop_path_rate}
+    if cfg.model.global_pool is not None:
+        overrides["global_pool"] = cfg.model.global_pool
+    encoder = load_checkpoint(cfg.finetune.checkpoint, model_name=cfg.model.name or None, **overrides)
+    size = cfg.model.img_size or cfg.data.image_size
+    if size != encoder_image_size(encoder):
+        encoder.resize_pos_embed(size)
+    mean, std = resolve_normalization(cfg.finetune.checkpoint, cfg.data.mean, cfg.data.std, train_spec)
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, mean=tuple(mean), std=tuple(std)),
+        model=replace(cfg.model, name=cfg.model.name or getattr(encoder, "arch", None) or "vit",
+                      num_classes=classes, img_size=size),
+        objective=replace(cfg.objective, num_classes=classes),
+    )
+    describe = {"checkpoint": {"path": str(Path(cfg.finetune.checkpoint).resolve()),
+                               "sha256": sha256_file(cfg.finetune.checkpoint)},
+                "data": {k: str(Path(v).resolve()) if Path(v).exists() else v
+                         for k, v in (("train", train_spec), ("val", val_spec))},
+                "num_classes": classes}
+    return cfg, encoder.train(), describe
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune, validating on the val split after every epoch; write ``<run_dir>/finetune.json``.
+
+    Returns the metrics dict (``val_top1`` / ``val_top5`` of the final model, ``best_val_top1``,
+    ``history``, ``model_path``, ``metrics_path`` on the main process).
+    """
+    from sslvit.evaluate.features import make_eval_loader
+    from sslvit.train import EpochContext, train
+
+    start = time.time()
+    cfg, encoder, describe = prepare_finetune(cfg)
+    mean, std = cfg.data.mean, cfg.data.std
+    history: list[dict[str, Any]] = []
+    loaders: dict[str, Any] = {}
+
+    def validate(ctx: EpochContext) -> dict[str, float]:
+        loaders["accelerator"] = ctx.accelerator
+        if "val" not in loaders:
+            loaders["val"] = make_eval_loader(describe["data"]["val"], cfg.model.img_size, cfg.finetune.eval_batch_size,
+                                              cfg.data.num_workers, ctx.accelerator, cfg.finetune.eval_crop_pct)
+        result = evaluate_classifier(ctx.encoder, loaders["val"], mean, std, ctx.accelerator)
+        history.append({"epoch": ctx.epoch, "step": ctx.step, "val_top1": result["top1"], "val_top5": result["top5"]})
+        ctx.accelerator.print(f"epoch {ctx.epoch} step {ctx.step}: val top-1 {result['top1']:.2f}%")
+        return {"val_top1": result["top1"], "val_top5": result["top5"]}
+
+    result = train(cfg, encoder=encoder, on_epoch_end=validate)
+    state = PartialState()
+    if not history or history[-1]["step"] != result.steps:
+        accelerator = loaders.get("accelerator") or Accelerator()
+        final = load_checkpoint(result.model_path).to(accelerator.device)
+        loader = make_eval_loader(describe["data"]["val"], cfg.model.img_size, cfg.finetune.eval_batch_size,
+                                  cfg.data.num_workers, accelerator, cfg.finetune.eval_crop_pct)
+        scores = evaluate_classifier(final, loader, mean, std, accelerator)
+        history.append({"epoch": None, "step": result.steps, "val_top1": scores["top1"], "val_top5": scores["top5"]})
+    global_batch = cfg.data.batch_size * cfg.train.grad_accum * state.num_processes
+    o = cfg.optim
+    metrics = {
+        "evaluator": "finetune",
+        **describe,
+        "recipe": {
+            "peak_lr": o.lr if o.lr is not None else o.base_lr * global_batch / 256, "base_lr": o.base_lr,
+            "layer_decay": o.layer_decay, "weight_decay": o.weight_decay, "global_batch": global_batch,
+            "steps": result.steps, "epochs": cfg.train.epochs, "image_size": cfg.model.img_size,
+            "drop_path_rate": cfg.model.drop_path_rate, "mixup_alpha": cfg.objective.mixup_alpha,
+            "cutmix_alpha": cfg.objective.cutmix_alpha, "label_smoothing": cfg.objective.label_smoothing,
+        },
+        "val_top1": history[-1]["val_top1"],
+        "val_top5": history[-1]["val_top5"],
+        "best_val_top1": max(h["val_top1"] for h in history),
+        "history": history,
+        "run_dir": str(result.run_dir),
+        "model_path": str(result.model_path),
+        "seconds": round(time.time() - start, 2),
+    }
+    if state.is_main_process:
+        metrics["model_sha256"] = sha256_file(result.model_path)
+        metrics["metrics_path"] = str(write_metrics(result.run_dir / "finetune.json", metrics))
+    return metrics
+
+
+FINETUNE_HELP = {
+    "finetune.checkpoint": dataclasses.fields(FinetuneOptions)[0].metadata["help"],
+    "data.train_shards": "training split (shard spec); '' = the built-in digits train split",
+    "data.val_shards": "validation split, evaluated after every epoch; '' = the built-in digits val split",
+    "data.image_size": "fine-tuning resolution; another size than the checkpoint's resamples the position "
+                       "embeddings",
+    "data.mean": "pixel mean in [0,1]; null = the checkpoint's run, else the data manifest, else ImageNet's",
+    "model.name": "variant of a plain state dict (e.g. vit_base_patch16); '' = from the checkpoint",
+    "model.drop_path_rate": "stochastic depth rate of the last block (linear from 0)",
+    "model.num_classes": "classes of the new head; 0 = objective.num_classes or the train manifest",
+    "objective.name": "must stay 'supervised'",
+    "objective.label_smoothing": "label smoothing of the cross-entropy targets",
+    "objective.mixup_alpha": "MixUp Beta(alpha, alpha); 0 = off",
+    "objective.cutmix_alpha": "CutMix Beta(alpha, alpha); 0 = off",
+    "objective.num_classes": "classes of the new head; 0 = from the train manifest",
+    "optim.base_lr": "peak lr per 256 images of global batch (used when optim.lr is null)",
+    "optim.layer_decay": "layer-wise lr decay: a layer's lr is peak * decay ** (depth + 1 - layer)",
+    "optim.weight_decay": "AdamW weight decay (not on norms, biases, position embeddings, class token)",
+    "train.epochs": "epochs over the training split; validation runs after each",
+    "data.num_workers": "data loader worker processes per rank",
+    "data.mode": "'finite' epochs over the shards, or 'resampled' (needs data.samples_per_epoch)",
+    "data.shuffle_buffer": "samples in the streaming shuffle buffer",
+    "data.crop_scale": "random-resized-crop area range",
+    "data.hflip": "random horizontal flips",
+    "data.std": "pixel std in [0,1]; null = as for data.mean",
+    "model.img_size": "null = data.image_size",
+    "model.patch_size": "unused: the patch size is the checkpoint's",
+    "model.global_pool": "'token' or 'avg' pooling before the head; null = the checkpoint's",
+    "model.pos_embed": "unused: the position embedding kind is the checkpoint's",
+    "model.class_token": "unused: the class token is the checkpoint's",
+    "objective.loss": "'ce' softmax cross-entropy or 'bce' sigmoid cross-entropy",
+    "optim.name": "'adamw' or 'adam'",
+    "optim.min_lr": "lr at the end of the schedule",
+    "optim.betas": "Adam betas",
+    "optim.warmup_epochs": "linear warmup length in epochs (when optim.warmup_steps is null)",
+    "optim.schedule": "lr decay after warmup",
+    "optim.clip_grad": "clip the global gradient norm to this value; null = off",
+    "train.grad_accum": "micro-batches per optimizer step",
+    "train.compile": "torch.compile the model",
+    "train.seed": "random seed",
+    "train.log_every": "log every N optimizer steps",
+    "train.keep_last": "step checkpoints kept",
+    "train.out_dir": "parent directory of the run directory",
+    "train.trackers": "accelerate trackers (tensorboard, wandb, ...)",
+    "train.progress": "show a progress bar",
+    **{f"objective.{k}": "pretraining only; unused here" for k in (
+        "mask_ratio", "norm_pix_loss", "decoder_depth", "decoder_dim", "decoder_heads", "mask_patch_size",
+        "mpp_target", "mpp_p_mask", "mpp_p_random")},
+}

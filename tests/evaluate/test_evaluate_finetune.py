@@ -1,0 +1,90 @@
+"""Fine-tuning: one step moves every layer by its decayed learning rate; validation counts right."""
+
+import re
+
+import torch
+from torch import nn
+
+from sslvit.evaluate.common import load_config
+from sslvit.evaluate.finetune import FinetuneConfig, evaluate_classifier, prepare_finetune
+from sslvit.optim import param_groups, set_lr
+
+PEAK, DECAY = 1e-3, 0.5
+
+
+def _config(checkpoint, digits, tmp_path, *overrides):
+    return load_config(FinetuneConfig, None, [
+        f"finetune.checkpoint={checkpoint}", f"data.train_shards={digits['train']}",
+        f"data.val_shards={digits['val']}", "data.batch_size=32", "data.num_workers=0",
+        "model.drop_path_rate=0.0", "objective.mixup_alpha=0.0", "objective.cutmix_alpha=0.0",
+        f"optim.lr={PEAK}", f"optim.layer_decay={DECAY}", "optim.weight_decay=0.0", "optim.warmup_steps=0",
+        "optim.schedule=constant", "train.steps=1", "train.progress=false", "train.trackers=[]",
+        f"train.out_dir={tmp_path / 'runs'}", "train.name=ft", *overrides])
+
+
+def _layer(name: str, depth: int) -> int:
+    if name.startswith(("patch_embed", "cls_token", "pos_embed")):
+        return 0
+    match = re.match(r"blocks\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else depth + 1
+
+
+def test_one_step_moves_every_layer_by_its_decayed_lr(pico_checkpoint, digits, tmp_path):
+    from sslvit.train import train
+
+    cfg, encoder, describe = prepare_finetune(_config(pico_checkpoint, digits, tmp_path))
+    depth = len(encoder.blocks)
+    assert describe["num_classes"] == 10 and encoder.head.out_features == 10
+    expected = {n: PEAK * DECAY ** (depth + 1 - _layer(n, depth)) for n, _ in encoder.named_parameters()}
+    assert len(set(expected.values())) == depth + 2  # layers 0 .. depth + 1
+
+    # The optimizer's parameter groups carry exactly these learning rates.
+    groups = param_groups(encoder, weight_decay=0.0, layer_decay=DECAY)
+    set_lr(torch.optim.AdamW(groups, lr=0.0), PEAK)
+    for group in groups:
+        for name in group["names"]:
+            assert abs(group["lr"] - expected[name]) < 1e-12, name
+
+    # One real step: Adam's first update is lr * g / (|g| + eps), so the largest change of each
+    # tensor equals the learning rate its layer was given.
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    result = train(cfg, encoder=encoder)
+    assert result.steps == 1
+    for name, param in encoder.named_parameters():
+        delta = (param.detach().cpu() - before[name]).abs()
+        assert delta.max() > 0, f"{name} did not move"
+        torch.testing.assert_close(delta.max().item(), expected[name], rtol=1e-3, atol=0.0, msg=name)
+
+
+def test_higher_resolution_resamples_position_embeddings(pico_checkpoint, digits, tmp_path):
+    cfg, encoder, _ = prepare_finetune(_config(pico_checkpoint, digits, tmp_path, "data.image_size=48"))
+    assert encoder.pos_embed.shape == (1, 1 + 12 * 12, 32)
+    assert cfg.model.img_size == 48 and cfg.objective.num_classes == 10
+    assert encoder(torch.randn(2, 3, 48, 48)).shape == (2, 10)
+
+
+class _FirstRow(nn.Module):
+    """Logits = the first pixel row of channel 0: (N, 3, H, W) -> (N, 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x[:, 0, 0, :4] + self.dummy
+
+
+def test_evaluate_classifier_counts_valid_samples_only():
+    images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    predicted = [0, 1, 2, 3, 1, 2]
+    for i, c in enumerate(predicted):
+        images[i, 0, 0, c] = 255
+        images[i, 0, 0, (c + 1) % 4] = 128  # the runner-up class
+    labels = torch.tensor([0, 1, 2, 0, 2, 0])  # 3 right; #3 and #4 runner-up; #5 wrong
+    valid = torch.tensor([True, True, True, True, True, False])  # #5 is padding
+    loader = [{"image": images[:3], "label": labels[:3], "valid": valid[:3]},
+              {"image": images[3:], "label": labels[3:], "valid": valid[3:]}]
+    model = _FirstRow().train()
+    result = evaluate_classifier(model, loader, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert result == {"top1": 60.0, "top5": 100.0, "samples": 5}
+    assert model.training  # mode restored

@@ -254,10 +254,11 @@ def _merge(base: dict, extra: dict) -> dict:
 def load(file: str | Path | None = None, overrides: Sequence[str] = (), cls: type = RunConfig) -> Any:
     """Build a config of type ``cls`` from an optional YAML ``file`` and ``overrides``.
 
-    Raises :class:`ConfigError` naming the key for unknown keys and wrong types, and
+    Keys that neither sets keep ``cls()``'s defaults, also inside sections whose default a subclass
+    changed. Raises :class:`ConfigError` naming the key for unknown keys and wrong types, and
     ``FileNotFoundError`` naming the path when ``file`` does not exist.
     """
-    tree: dict = {}
+    tree: dict = to_dict(cls())
     if file:
         path = Path(file)
         if not path.is_file():
@@ -268,7 +269,7 @@ def load(file: str | Path | None = None, overrides: Sequence[str] = (), cls: typ
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded
+        tree = _merge(tree, loaded)
     tree = _merge(tree, parse_overrides(overrides))
     return _build(cls, tree)
 

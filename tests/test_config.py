@@ -84,3 +84,19 @@ def test_shipped_configs_load(path):
         cfg = config_lib.load(path)
     assert isinstance(cfg, RunConfig)
     assert path.read_text().lstrip().startswith("#"), "each config says in a comment what it is for"
+
+
+def test_partial_section_keeps_a_subclass_default(tmp_path):
+    from dataclasses import dataclass, field
+
+    from sslvit.config import ObjectiveConfig
+
+    @dataclass
+    class Finetune(RunConfig):
+        objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(name="supervised"))
+
+    path = tmp_path / "f.yaml"
+    path.write_text("objective:\n  label_smoothing: 0.2\n")
+    cfg = config_lib.load(path, cls=Finetune)
+    assert cfg.objective.name == "supervised"
+    assert cfg.objective.label_smoothing == pytest.approx(0.2)

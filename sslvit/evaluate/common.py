@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from torch import nn
 
 from sslvit import config as config_lib
@@ -95,13 +94,6 @@ def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None,
     return "\n".join(lines)
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_config(cls: type, file: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
     """Like :func:`sslvit.config.load`, but unset keys keep ``cls()``'s own defaults, also inside
     sections whose default a subclass changed (``FinetuneConfig.objective.name == "supervised"``).
@@ -109,20 +101,7 @@ def load_config(cls: type, file: str | Path | None = None, overrides: Sequence[s
     Unknown keys and wrong types raise :class:`~sslvit.config.ConfigError` naming the dotted key; a
     missing file raises ``FileNotFoundError`` naming it.
     """
-    tree = config_lib.to_dict(cls())
-    if file:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise config_lib.ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise config_lib.ConfigError(f"{path}: the top level must be a mapping")
-        tree = _merge(tree, loaded)
-    tree = _merge(tree, config_lib.parse_overrides(list(overrides)))
-    return config_lib.from_dict(tree, cls=cls)
+    return config_lib.load(file, overrides, cls=cls)
 
 
 def parse_cli(

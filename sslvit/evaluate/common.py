@@ -9,7 +9,6 @@ keys and wrong types fail before any work starts, naming the key).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import re
@@ -143,15 +142,6 @@ def parse_cli(
     except (config_lib.ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_encoder(cfg: EvalConfig, **overrides: Any) -> nn.Module:

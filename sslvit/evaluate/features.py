@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslvit.checkpoint import read_metadata
+from sslvit.checkpoint import read_metadata, sha256_file
 from sslvit.evaluate.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,7 +29,6 @@ from sslvit.evaluate.common import (
     encoder_image_size,
     load_encoder,
     output_dir,
-    sha256_file,
 )
 
 

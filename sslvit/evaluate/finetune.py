@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch import nn
 
-from sslvit.checkpoint import load_checkpoint
+from sslvit.checkpoint import load_checkpoint, sha256_file
 from sslvit.config import (
     ConfigError,
     DataConfig,
@@ -32,7 +32,7 @@ from sslvit.config import (
     RunConfig,
     TrainConfig,
 )
-from sslvit.evaluate.common import encoder_image_size, opt, sha256_file, write_metrics
+from sslvit.evaluate.common import encoder_image_size, opt, write_metrics
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+from sslvit.checkpoint import sha256_file
+
+__all__ = ["CARD_NAME", "CONFIG_NAME", "FIGURES_DIR", "WEIGHTS_NAME", "PublishError", "check_repo_id", "sha256_file"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -13,15 +14,6 @@ FIGURES_DIR = "figures"
 
 class PublishError(ValueError):
     """Publishing or loading cannot go on; the message says what is wrong and how to fix it."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_repo_id(repo_id: str, need_namespace: bool = True) -> str:

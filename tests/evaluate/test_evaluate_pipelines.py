@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from sslvit.checkpoint import sha256_file
 from sslvit.evaluate import features as features_lib
-from sslvit.evaluate.common import load_config, parse_cli, sha256_file
+from sslvit.evaluate.common import load_config, parse_cli
 from sslvit.evaluate.finetune import FINETUNE_HELP, FinetuneConfig
 from sslvit.evaluate.knn import KnnConfig, run_knn
 from sslvit.evaluate.linear_probe import ProbeConfig, run_linear_probe

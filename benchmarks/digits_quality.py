@@ -2,10 +2,12 @@
 
     python benchmarks/digits_quality.py                        # runs `python pipelines/pretrain.py` first
     python benchmarks/digits_quality.py --checkpoint runs/NAME/model.safetensors
+    python benchmarks/digits_quality.py --out runs/q-normpix objective.norm_pix_loss=true   # a recipe variant
 
 Both encoders (the pretrained one, and the same architecture randomly initialised with the same
 input normalisation) go through the linear probe, kNN and fine-tuning on the built-in digits
-corpus; a logistic regression on the raw pixels of the same split is the floor. Every evaluator
+corpus; the random one is fine-tuned a second time without layer-wise lr decay, the fairer recipe
+from scratch; a logistic regression on the raw pixels of the same split is the floor. Every evaluator
 runs through its command line (pipelines/*.py). Prints a markdown table and writes it, with the
 numbers as JSON, to --out. The pretrained encoder should beat the random one on the linear probe
 by a clear margin (--margin points).
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = "random init, fine-tuned without layer decay (optim.layer_decay=1.0)"
 sys.path.insert(0, str(ROOT))
 
 
@@ -38,9 +41,9 @@ def run(cmd: list[str], log: Path) -> str:
     return done.stdout
 
 
-def pretrain(out: Path) -> Path:
-    """Run the default pretraining (no arguments) and return the encoder path it prints."""
-    stdout = run([sys.executable, "pipelines/pretrain.py"], out / "logs" / "pretrain.log")
+def pretrain(out: Path, overrides: list[str]) -> Path:
+    """Run the default pretraining with ``overrides`` and return the encoder path it prints."""
+    stdout = run([sys.executable, "pipelines/pretrain.py", *overrides], out / "logs" / "pretrain.log")
     match = re.search(r"^encoder:\s+(\S+)", stdout, re.M)
     if not match:
         raise SystemExit("pretrain.py did not print 'encoder: PATH'")
@@ -78,23 +81,25 @@ def pixel_logistic_regression(image_size: int) -> float:
     return 100.0 * float((clf.predict(xv.reshape(len(xv), -1) / 255.0) == yv).mean())
 
 
+def finetune(name: str, checkpoint: Path, out: Path, epochs: int, overrides: tuple[str, ...] = ()) -> float:
+    """Fine-tune one encoder with pipelines/finetune.py (its digits recipe plus ``overrides``); val top-1."""
+    run([sys.executable, "pipelines/finetune.py", "--checkpoint", str(checkpoint), f"train.out_dir={out / name}",
+         "train.name=finetune", f"train.epochs={epochs}", "train.progress=false", *overrides],
+        out / "logs" / f"{name}_finetune.log")
+    return json.loads((out / name / "finetune" / "finetune.json").read_text())["val_top1"]
+
+
 def evaluate(name: str, checkpoint: Path, out: Path, args: argparse.Namespace) -> dict[str, float | None]:
     """Linear probe, kNN and (unless skipped) fine-tuning of one encoder; val top-1 of each."""
     py, eval_dir = sys.executable, out / name / "eval"
     common = ["--checkpoint", str(checkpoint), "--out_dir", str(eval_dir)]
     run([py, "pipelines/linear_probe.py", *common, "--epochs", str(args.probe_epochs)], out / "logs" / f"{name}_probe.log")
     run([py, "pipelines/knn.py", *common], out / "logs" / f"{name}_knn.log")
-    result: dict[str, float | None] = {
+    return {
         "linear_probe": json.loads((eval_dir / "linear_probe.json").read_text())["val_top1"],
         "knn": json.loads((eval_dir / "knn.json").read_text())["val_top1"],
-        "finetune": None,
+        "finetune": finetune(name, checkpoint, out, args.finetune_epochs) if args.finetune_epochs > 0 else None,
     }
-    if args.finetune_epochs > 0:
-        run([py, "pipelines/finetune.py", "--checkpoint", str(checkpoint), f"train.out_dir={out / name}",
-             "train.name=finetune", f"train.epochs={args.finetune_epochs}", "train.progress=false"],
-            out / "logs" / f"{name}_finetune.log")
-        result["finetune"] = json.loads((out / name / "finetune" / "finetune.json").read_text())["val_top1"]
-    return result
 
 
 def table(rows: dict[str, dict[str, float | None]]) -> str:
@@ -119,10 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=5.0,
                         help="linear-probe points the pretrained encoder must gain over random (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="pretraining config overrides (default.yaml otherwise); not with --checkpoint")
     args = parser.parse_args(argv)
+    if args.checkpoint and args.overrides:
+        parser.error("pretraining overrides have no effect with --checkpoint")
     out = (ROOT / args.out).resolve() if not Path(args.out).is_absolute() else Path(args.out)
     start = time.time()
-    checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else pretrain(out)
+    checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else pretrain(out, args.overrides)
     if not checkpoint.is_file():
         parser.error(f"--checkpoint: no such file {checkpoint}")
     random_ckpt = random_twin(checkpoint, out, args.seed)
@@ -130,12 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     from sslvit.checkpoint import read_metadata
 
     image_size = ((read_metadata(checkpoint).get("config") or {}).get("data") or {}).get("digits_image_size", 32)
+    label = "pretrained (" + ("checkpoint" if args.checkpoint else " ".join(["default run", *args.overrides])) + ")"
     rows = {
-        "pretrained (default run)": evaluate("pretrained", checkpoint, out, args),
+        label: evaluate("pretrained", checkpoint, out, args),
         "random init (same architecture)": evaluate("random", random_ckpt, out, args),
         "raw pixels (logistic regression)": {"linear_probe": pixel_logistic_regression(image_size)},
     }
-    gain = rows["pretrained (default run)"]["linear_probe"] - rows["random init (same architecture)"]["linear_probe"]
+    if args.finetune_epochs > 0:
+        # Layer-wise lr decay suits a pretrained encoder; from scratch every layer gets the full lr.
+        rows[SCRATCH] = {"finetune": finetune("random_no_layer_decay", random_ckpt, out, args.finetune_epochs,
+                                              ("optim.layer_decay=1.0",))}
+    gain = rows[label]["linear_probe"] - rows["random init (same architecture)"]["linear_probe"]
     verdict = "PASS" if gain >= args.margin else "FAIL"
     text = (f"Digits corpus (1,437 train / 360 val, 32 px), val top-1. Pretrained: {checkpoint}\n\n{table(rows)}\n\n"
             f"Linear probe gain of pretraining over random init: {gain:+.1f} points "

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
 from torch import nn
 
 from sslvit.checkpoint import load_checkpoint, sha256_file
@@ -118,7 +119,8 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     """Resolve data, classes and normalisation, and load the encoder with a fresh ``num_classes`` head.
 
     Returns the completed config (``objective.num_classes``, ``data.mean``/``std``, ``model.name`` set),
-    the encoder and a description of the inputs (checkpoint path + sha256, data specs).
+    the encoder (its new head initialised from ``train.seed``) and a description of the inputs
+    (checkpoint path + sha256, data specs).
     """
     from sslvit.data_setup import default_shards
     from sslvit.evaluate.features import resolve_normalization
@@ -134,6 +136,7 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     if classes <= 0:
         raise ConfigError(f"objective.num_classes: the manifest of {train_spec!r} does not record the "
                           "number of classes; set objective.num_classes")
+    set_seed(cfg.train.seed)  # the fresh head's initialisation, so a run repeats exactly
     overrides: dict[str, Any] = {"num_classes": classes, "drop_path_rate": cfg.model.drop_path_rate}
     if cfg.model.global_pool is not None:
         overrides["global_pool"] = cfg.model.global_pool

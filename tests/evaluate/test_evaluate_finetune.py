@@ -56,6 +56,26 @@ def test_one_step_moves_every_layer_by_its_decayed_lr(pico_checkpoint, digits, t
         torch.testing.assert_close(delta.max().item(), expected[name], rtol=1e-3, atol=0.0, msg=name)
 
 
+def test_a_run_repeats_exactly_and_its_head_follows_the_seed(pico_checkpoint, digits, tmp_path):
+    from safetensors.torch import load_file
+
+    from sslvit.train import train
+
+    weights, heads = [], []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        cfg, encoder, _ = prepare_finetune(_config(pico_checkpoint, digits, tmp_path, "train.steps=2",
+                                                   "model.drop_path_rate=0.1", f"train.seed={seed}",
+                                                   f"train.name={name}"))
+        heads.append(encoder.head.weight.detach().clone())
+        weights.append(load_file(str(train(cfg, encoder=encoder).model_path)))
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+    assert not torch.equal(heads[0], heads[2])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(weights[0]["head.weight"], weights[2]["head.weight"])
+
+
 def test_higher_resolution_resamples_position_embeddings(pico_checkpoint, digits, tmp_path):
     cfg, encoder, _ = prepare_finetune(_config(pico_checkpoint, digits, tmp_path, "data.image_size=48"))
     assert encoder.pos_embed.shape == (1, 1 + 12 * 12, 32)

@@ -17,14 +17,14 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from sslvit.config import ObjectiveConfig
 from sslvit.models import create_model
-from sslvit.objectives import OBJECTIVES, Objective, build_objective
+from sslvit.objectives import OBJECTIVES, Objective, build_objective, objective_config
 
 
 def sync(device: torch.device) -> None:
@@ -108,10 +108,15 @@ def make_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def objective_cfg(name: str, model: str) -> ObjectiveConfig:
-    small = "patch4" in model  # tiny models get a tiny decoder and cells that fit 32 px images
-    extra = dict(decoder_depth=2, decoder_dim=64, decoder_heads=4, mask_patch_size=8) if small else {}
-    return ObjectiveConfig(name=name, num_classes=1000 if name == "supervised" else 0, **extra)
+def objective_cfg(name: str, model: str) -> Any:
+    """The config section of objective ``name``; tiny models get a tiny decoder and cells that fit 32 px."""
+    small = "patch4" in model
+    extra = {
+        "mae": dict(decoder_depth=2, decoder_dim=64, decoder_heads=4) if small else {},
+        "simmim": dict(mask_patch_size=8) if small else {},
+        "supervised": dict(num_classes=1000),
+    }.get(name, {})
+    return objective_config(name, **extra)
 
 
 def versus_torchvision(args: argparse.Namespace) -> None:

@@ -1,12 +1,15 @@
 """Write WebDataset tar shards + manifest.json from an image folder, a Hugging Face dataset or
-the built-in ``digits`` corpus.
+a built-in corpus (``digits``, ``fashion-mnist``).
 
     python data/make_shards.py digits                                  # -> data/shards/digits/{train,val}/
+    python data/make_shards.py fashion-mnist                           # -> data/shards/fashion_mnist/{train,val,test}/
+    python data/make_shards.py fashion-mnist --source ~/fashion-mnist  # idx files from a folder of your own
     python data/make_shards.py /data/imagenet/train --out data/shards/in1k/train --prefix in1k-train
     python data/make_shards.py cifar10 --hf --split test --image-column img --out data/shards/cifar10/test
     python data/make_shards.py /data/photos --out data/shards/photos --max-side 512 --format jpg
 
-SOURCE is ``digits``, a folder (class sub-folders give labels; a flat folder is unlabeled), a
+SOURCE is ``digits``, ``fashion-mnist`` (idx files from --source, $SSLVIT_FASHION_MNIST or the Debian
+package ``dataset-fashion-mnist``), a folder (class sub-folders give labels; a flat folder is unlabeled), a
 parquet/arrow file or ``save_to_disk`` folder, or (with ``--hf``, or when no such path exists) a
 Hugging Face dataset name. See data/README.md for the shard format and the manifest.
 """
@@ -21,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sslvit.data.digits import ensure_digits_shards  # noqa: E402
+from sslvit.data.fashion_mnist import VAL_SIZE as FASHION_VAL_SIZE  # noqa: E402
+from sslvit.data.fashion_mnist import FashionMNISTNotFound, IdxError, ensure_fashion_mnist_shards  # noqa: E402
 from sslvit.data.shards import write_shards  # noqa: E402
 from sslvit.data.sources import hf_dataset, image_folder  # noqa: E402
 
@@ -44,8 +49,10 @@ def is_hf_folder(path: Path) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="'digits', an image folder, a parquet file / dataset folder, or a HF name")
-    p.add_argument("--out", help="output directory (default for digits: data/shards/digits)")
+    p.add_argument("source", help="'digits', 'fashion-mnist', an image folder, a parquet file / dataset folder, "
+                                  "or a HF name")
+    p.add_argument("--out", help="output directory (default for digits: data/shards/digits, for fashion-mnist: "
+                                 "data/shards/fashion_mnist)")
     p.add_argument("--prefix", default=None, help="shard name prefix (default: the output folder name)")
     p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
     p.add_argument("--max-bytes", type=parse_size, default=parse_size("1GB"), help="bytes per shard at most")
@@ -62,19 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image", help="HF image column")
     p.add_argument("--label-column", default="label", help="HF label column ('' = unlabeled)")
     p.add_argument("--streaming", action="store_true", help="stream the HF dataset instead of downloading it")
-    p.add_argument("--image-size", type=int, default=32, help="digits: square side in pixels")
+    p.add_argument("--image-size", type=int, default=32, help="digits, fashion-mnist: square side in pixels")
+    p.add_argument("--source", dest="source_dir", default=None,
+                   help="fashion-mnist: folder holding the four idx files (default: $SSLVIT_FASHION_MNIST, "
+                        "else /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--val-size", type=int, default=FASHION_VAL_SIZE,
+                   help="fashion-mnist: images held out of the official training split for validation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def builtin_summary(dirs: dict[str, Path]) -> dict:
+    """split -> {"dir", "total"} of a built-in corpus, printed as one JSON line."""
+    summary = {split: {"dir": str(d), "total": json.loads((d / "manifest.json").read_text())["total"]}
+               for split, d in dirs.items()}
+    print(json.dumps(summary))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.source == "digits" and not args.hf:
-        dirs = ensure_digits_shards(args.out or "data/shards/digits", args.image_size, progress=not args.quiet)
-        summary = {split: {"dir": str(d), "total": json.loads((d / "manifest.json").read_text())["total"]}
-                   for split, d in dirs.items()}
-        print(json.dumps(summary))
-        return summary
+        return builtin_summary(ensure_digits_shards(args.out or "data/shards/digits", args.image_size,
+                                                    progress=not args.quiet))
+    if args.source in ("fashion-mnist", "fashion_mnist") and not args.hf:
+        try:
+            dirs = ensure_fashion_mnist_shards(args.out or "data/shards/fashion_mnist", args.image_size,
+                                               args.source_dir, progress=not args.quiet, val_size=args.val_size)
+        except (FashionMNISTNotFound, IdxError) as exn:
+            raise SystemExit(str(exn)) from None
+        return builtin_summary(dirs)
     if not args.out:
         raise SystemExit("--out is required for this source")
     path = Path(args.source)

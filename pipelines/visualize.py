@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from sslvit.checkpoint import CheckpointError
     from sslvit.viz import visualize
 
+    skipped: dict[str, str] = {}
     try:
         figures = visualize(
             checkpoint,
@@ -57,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             num_images=args.num_images,
             num_show=args.num_show,
             seed=args.seed,
+            skipped=skipped,
         )
     except (CheckpointError, ValueError, FileNotFoundError) as err:
         parser.exit(2, f"visualize.py: error: {err}\n")
     for name, png in figures.items():
         print(f"{name:22s} {png}  (numbers: {png.with_suffix('.json').name})")
-    if "mae_reconstructions" not in figures:
+    for name, reason in skipped.items():
+        print(f"{name:22s} skipped: {reason}")
+    if "mae_reconstructions" not in figures and "mae_reconstructions" not in skipped:
         print("no MAE objective checkpoint found: reconstructions skipped (pass --objective PATH)")
     return 0
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 PREFIXES = ("module.", "_orig_mod.", "encoder.", "backbone.", "model.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 META_MODEL = "sslvit.model"
 META_KIND = "sslvit.kind"
 META_OBJECTIVE = "sslvit.objective"
@@ -116,83 +117,86 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def detect_family(state: dict[str, torch.Tensor]) -> str:
+    """The backbone family whose parameter names ``state`` uses (prefixes already stripped).
+
+    Families are asked most specific first (the plain ViT last: a hybrid also has ViT blocks).
+    """
+    from sslvit.models import FAMILIES
+
+    for family in sorted(FAMILIES, key=lambda f: f == "vit"):
+        if FAMILIES[family].owns_state_dict(state):
+            return family
+    raise CheckpointError(
+        "not an encoder of a known family (" + ", ".join(sorted(FAMILIES)) + "): no parameter names "
+        f"match; first keys: {', '.join(sorted(state)[:5])}"
+    )
+
+
 def infer_model_config(state: dict[str, torch.Tensor]) -> dict:
-    """Guess the ViT constructor arguments of a plain state dict with the common parameter names.
+    """The constructor arguments of a plain state dict, from the registered variant it matches.
 
-    Heads are assumed 64 wide, as in every standard ViT variant.
+    The family comes from the parameter names; the variant is the one whose tensors have the same
+    names and shapes (position tables and the head may differ: the image size and the class count
+    are read from them). Nothing is guessed: a state dict that matches no registered variant raises
+    :class:`CheckpointError` asking for the variant name.
     """
-    state = strip_prefixes(state)
-    if "patch_embed.proj.weight" not in state:
-        raise CheckpointError("not a ViT encoder: no 'patch_embed.proj.weight' in the state dict")
-    dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    class_token = "cls_token" in state
-    prefix = 1 if class_token else 0
-    config: dict[str, Any] = {
-        "patch_size": int(patch),
-        "in_chans": int(in_chans),
-        "embed_dim": int(dim),
-        "depth": depth,
-        "num_heads": max(1, int(dim) // 64),
-        "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
-        "class_token": class_token,
-        "global_pool": "token" if class_token else "avg",
-        "num_classes": int(state["head.weight"].shape[0]) if "head.weight" in state else 0,
-    }
-    if "pos_embed" in state:
-        grid = math.isqrt(state["pos_embed"].shape[1] - prefix)
-        config["img_size"] = grid * int(patch)
-    else:
-        config["pos_embed"] = "none"
-    return config
-
-
-def load_encoder_weights(model: nn.Module, state: dict[str, torch.Tensor], ignore_head: bool = False) -> None:
-    """Load encoder weights into ``model``, adapting them where that is safe.
-
-    Wrapper prefixes are stripped and position embeddings of another grid size are resampled to the
-    model's grid. With ``ignore_head`` the checkpoint's ``head.*`` is dropped and the model keeps
-    its own. Any other missing or unexpected key or shape mismatch raises :class:`CheckpointError`
-    listing each one.
-    """
-    from sslvit.models.pos_embed import resample_state_pos_embed
+    from sslvit.models import FAMILIES
 
     state = strip_prefixes(state)
+    family = detect_family(state)
+    try:
+        return FAMILIES[family].infer_config(state)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with every missing / unexpected / misshaped key
+    named in a :class:`CheckpointError` that names ``source``."""
     own = model.state_dict()
-    if ignore_head:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        state.update({k: v for k, v in own.items() if k.startswith("head.")})
-    tables = [k for k in ("pos_embed", "pos_embed_row", "pos_embed_col") if k in state and k in own]
-    if any(state[k].shape != own[k].shape and state[k].shape[-1] == own[k].shape[-1] for k in tables):
-        grid = tuple(model.patch_embed.grid_size)
-        state = resample_state_pos_embed(state, grid, model.num_prefix_tokens)
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(state))
         if state[k].shape != own[k].shape
     ]
-    if missing or unexpected or mismatched:
-        lines = []
-        if missing:
-            lines.append("missing keys: " + ", ".join(missing))
-        if unexpected:
-            lines.append("unexpected keys: " + ", ".join(unexpected))
-        if mismatched:
-            lines.append("shape mismatches: " + "; ".join(mismatched))
-        raise CheckpointError("checkpoint does not fit the model:\n  " + "\n  ".join(lines))
+    lines = [
+        f"{label}: {joiner.join(items)}"
+        for label, items, joiner in (
+            ("missing keys", missing, ", "),
+            ("unexpected keys", unexpected, ", "),
+            ("shape mismatches", mismatched, "; "),
+        )
+        if items
+    ]
+    if lines:
+        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(lines))
     model.load_state_dict(state, strict=True)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The decoded ``sslvit.*`` metadata of a safetensors checkpoint (empty for foreign files)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        raw = f.metadata() or {}
+def load_encoder_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], ignore_head: bool = False, source: str = "checkpoint"
+) -> None:
+    """Load encoder weights into ``model``, adapting them where that is safe.
+
+    Wrapper prefixes are stripped and the encoder's own filter (``adapt_state_dict``: position
+    tables of another grid size resampled) is applied. With ``ignore_head`` the checkpoint's
+    ``head.*`` is dropped and the model keeps its own. Any other missing or unexpected key or shape
+    mismatch raises :class:`CheckpointError` listing each one.
+    """
+    state = strip_prefixes(state)
+    own = model.state_dict()
+    if ignore_head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({k: v for k, v in own.items() if k.startswith("head.")})
+    if hasattr(model, "adapt_state_dict"):
+        state = model.adapt_state_dict(state)
+    load_strict(model, state, source)
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """The ``sslvit.*`` entries of raw safetensors metadata, JSON-decoded, without the prefix."""
     decoded: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith("sslvit."):
@@ -203,28 +207,69 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return decoded
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded ``sslvit.*`` metadata of a safetensors checkpoint (empty for foreign files)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    return decode_metadata(raw)
+
+
+def normalization(
+    meta: dict[str, Any], fallback_specs: tuple[str, ...] = ()
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Pixel mean / std an encoder was trained with, and where they came from.
+
+    Looked up in the checkpoint metadata (``normalization``), the run config (``data.mean``), the
+    manifest of the run's training shards, the manifests of ``fallback_specs`` (only for sslvit
+    checkpoints, i.e. non-empty ``meta``), else ImageNet's.
+    """
+    for key in ("normalization", "data"):
+        value = meta.get(key)
+        if isinstance(value, dict) and value.get("mean") and value.get("std"):
+            return tuple(value["mean"]), tuple(value["std"]), "checkpoint metadata"
+    data = (meta.get("config") or {}).get("data") or {}
+    if data.get("mean") and data.get("std"):
+        return tuple(data["mean"]), tuple(data["std"]), "run config"
+    specs = (data.get("train_shards") or "data/shards/digits/train", *fallback_specs) if meta else ()
+    for spec in specs:
+        try:
+            from sslvit.data import load_manifest
+
+            manifest = load_manifest(spec)
+        except Exception:  # any failure means "unknown here": try the next source
+            continue
+        if manifest and manifest.get("mean") and manifest.get("std"):
+            return tuple(manifest["mean"]), tuple(manifest["std"]), "training data manifest"
+    return IMAGENET_MEAN, IMAGENET_STD, "ImageNet default"
+
+
 def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides: Any) -> nn.Module:
     """Rebuild the encoder stored at ``path`` and return it in eval mode.
 
-    Reads an sslvit encoder or objective checkpoint (config from its metadata), or a plain ViT state
-    dict: then the architecture is ``model_name`` (a registered variant) or inferred from the
-    tensor shapes. ``overrides`` change constructor arguments (``img_size=384`` resamples the
-    position embeddings; ``num_classes=10`` gives a fresh head).
+    Reads an sslvit encoder or objective checkpoint (config from its metadata), or a plain state
+    dict: then the architecture is ``model_name`` (a registered variant) or the registered variant
+    whose tensor names and shapes it matches. ``overrides`` change constructor arguments
+    (``img_size=384`` resamples the position embeddings; ``num_classes=10`` gives a fresh head).
     """
     from sslvit.models import build_model, create_model
 
     state, raw_meta = read_state_dict(path)
     model_json = raw_meta.get(META_MODEL)
+    encoder_state = strip_prefixes(state)
     if model_json is not None:
-        config = {**json.loads(model_json), **overrides}
-        model = build_model(config)
+        model = build_model({**json.loads(model_json), **overrides})
     elif model_name is not None:
         model = create_model(model_name, **overrides)
     else:
-        model = build_model({**infer_model_config(state), **overrides})
-    encoder_state = strip_prefixes(state)
+        model = build_model({**infer_model_config(encoder_state), **overrides})
     head_changed = "head.weight" in encoder_state and (
         encoder_state["head.weight"].shape != model.state_dict().get("head.weight", torch.empty(0)).shape
     )
-    load_encoder_weights(model, encoder_state, ignore_head=head_changed or "num_classes" in overrides)
+    load_encoder_weights(model, encoder_state, head_changed or "num_classes" in overrides, str(path))
     return model.eval()

@@ -52,7 +52,8 @@ class ModelConfig:
     img_size: int | None = None  # None = data.image_size
     patch_size: int | None = None
     global_pool: Literal["token", "avg"] | None = None
-    pos_embed: Literal["learned", "learned_2d", "sincos", "none"] | None = None
+    pos_embed: Literal["learned", "learned_2d", "sincos", "relative", "none"] | None = None
+    pos_embed_at: Literal["input", "every_layer", "every_layer_shared"] | None = None  # ViT: where positions enter
     class_token: bool | None = None
     drop_path_rate: float = 0.0
     num_classes: int = 0
@@ -60,23 +61,32 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The pretraining objective and its options."""
+    """The pretraining objective: ``name`` picks it; each objective adds its own keys.
 
-    name: Literal["mae", "simmim", "mpp", "supervised"] = "mae"
-    mask_ratio: float | None = None  # None = the objective's default (0.75 MAE, 0.6 SimMIM, 0.5 MPP)
-    norm_pix_loss: bool = True
-    decoder_depth: int = 8
-    decoder_dim: int = 512
-    decoder_heads: int = 16
-    mask_patch_size: int = 32
-    mpp_target: Literal["color3bit", "color3bit_4x4", "l2_patch"] = "color3bit"
-    mpp_p_mask: float = 0.8
-    mpp_p_random: float = 0.1
-    label_smoothing: float = 0.1
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    loss: Literal["ce", "bce"] = "ce"
-    num_classes: int = 0
+    The section is polymorphic: :func:`load` builds the subclass that the objective named
+    ``name`` declares (``sslvit.objectives.registry``), so each objective's options are checked
+    against that objective's own dataclass and unknown keys are errors.
+    """
+
+    name: str = "mae"  # the objective (see sslvit.objectives: mae, simmim, mpp, supervised, ...)
+
+    @classmethod
+    def section_class(cls, values: dict, key: str) -> type:
+        """The dataclass for a section whose values are ``values`` (dispatch on ``name``)."""
+        from sslvit.objectives.registry import config_class
+
+        name = values.get("name", cls.name if isinstance(cls.name, str) else "mae")
+        try:
+            return config_class(name)
+        except KeyError as err:
+            raise ConfigError(f"{key}.name: {err.args[0]}") from None
+
+
+def default_objective() -> ObjectiveConfig:
+    """The default objective section (MAE with its own defaults)."""
+    from sslvit.objectives.registry import config_class
+
+    return config_class("mae")()
 
 
 @dataclass
@@ -123,7 +133,7 @@ class RunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = field(default_factory=default_objective)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -164,6 +174,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        if hasattr(tp, "section_class"):
+            tp = tp.section_class(value, key)
         return _build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
@@ -258,7 +270,7 @@ def load(file: str | Path | None = None, overrides: Sequence[str] = (), cls: typ
     changed. Raises :class:`ConfigError` naming the key for unknown keys and wrong types, and
     ``FileNotFoundError`` naming the path when ``file`` does not exist.
     """
-    tree: dict = to_dict(cls())
+    layers: list[dict] = []
     if file:
         path = Path(file)
         if not path.is_file():
@@ -269,8 +281,19 @@ def load(file: str | Path | None = None, overrides: Sequence[str] = (), cls: typ
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = _merge(tree, loaded)
-    tree = _merge(tree, parse_overrides(overrides))
+        layers.append(loaded)
+    layers.append(parse_overrides(overrides))
+    tree: dict = to_dict(cls())
+    hints = typing.get_type_hints(cls)
+    for layer in layers:
+        for section, values in layer.items():
+            # a polymorphic section switched to another kind (objective.name=simmim over a file's
+            # MAE section) starts from that kind's own defaults: the other kind's keys do not apply
+            current = tree.get(section)
+            if hasattr(hints.get(section), "section_class") and isinstance(values, dict) and isinstance(current, dict):
+                if "name" in values and values["name"] != current.get("name"):
+                    tree[section] = {}
+        tree = _merge(tree, layer)
     return _build(cls, tree)
 
 

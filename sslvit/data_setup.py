@@ -27,11 +27,14 @@ class TrainData:
     world_size: int
 
     def make_loader(self, masker: Callable | None = None) -> Any:
-        """The streaming loader for this rank, with ``masker`` building masks per batch."""
-        from sslvit.data import build_loader, pretrain_transform
+        """The streaming loader for this rank, with the objective's training transform and labels
+        rule, and ``masker`` building masks per batch."""
+        from sslvit.data import build_loader
+        from sslvit.objectives import objective_class
 
         d = self.cfg.data
-        transform = pretrain_transform(d.image_size, scale=tuple(d.crop_scale), hflip=d.hflip)
+        objective = objective_class(self.cfg.objective.name)
+        transform = objective.train_transform(d)
         return build_loader(
             self.shards,
             batch_size=d.batch_size,
@@ -42,7 +45,7 @@ class TrainData:
             seed=self.cfg.train.seed,
             rank=self.rank,
             world_size=self.world_size,
-            need_labels=self.cfg.objective.name == "supervised",
+            need_labels=objective.needs_labels,
             masker=masker,
             shuffle_buffer=d.shuffle_buffer,
         )

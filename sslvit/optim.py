@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "dist_token", "decoder_pos_embed")
-
-
-def layer_id(name: str, depth: int) -> int:
-    """Layer index of an encoder parameter for layer-wise lr decay.
-
-    Patch embedding, position embeddings and prefix tokens are layer 0, ``blocks.i`` is layer
-    ``i + 1`` and everything after the blocks (final norm, head) is layer ``depth + 1``.
-    """
-    name = name.removeprefix("encoder.")
-    if name.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token", "row_embed", "col_embed")):
-        return 0
-    match = re.match(r"blocks\.(\d+)\.", name)
-    if match:
-        return int(match.group(1)) + 1
-    return depth + 1
 
 
 def _takes_no_decay(name: str, param: torch.Tensor, extra: set[str]) -> bool:
@@ -36,22 +20,19 @@ def _takes_no_decay(name: str, param: torch.Tensor, extra: set[str]) -> bool:
     )
 
 
-def param_groups(
-    model: nn.Module,
-    weight_decay: float,
-    layer_decay: float | None = None,
-    depth: int | None = None,
-) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
     """Split trainable parameters into AdamW groups.
 
-    No weight decay on norms, biases (every 1-D tensor), position embeddings and class / mask
-    tokens. With ``layer_decay`` each group also carries ``lr_scale = layer_decay ** (depth + 1 -
-    layer_id)``; ``depth`` defaults to the number of blocks of ``model`` (or of ``model.encoder``).
-    Each group dict has ``params``, ``weight_decay``, ``lr_scale`` and ``names``.
+    ``model`` is an encoder (``sslvit.models.encoder.Encoder``) or an objective holding one as
+    ``model.encoder``. No weight decay on norms, biases (every 1-D tensor) and what the encoder's and
+    the objective's ``no_weight_decay()`` name. With ``layer_decay`` each group also carries
+    ``lr_scale = layer_decay ** (num_layers - layer_id)`` from the encoder's ``layer_id`` (the
+    objective's own parameters, such as a decoder, count as the last layer). Each group dict has
+    ``params``, ``weight_decay``, ``lr_scale`` and ``names``.
     """
     encoder = getattr(model, "encoder", model)
-    if depth is None:
-        depth = len(getattr(encoder, "blocks", []))
+    top = encoder.num_layers
+    own = {f"encoder.{n}" if encoder is not model else n for n, _ in encoder.named_parameters()}
     extra = set()
     if hasattr(model, "no_weight_decay"):
         extra |= set(model.no_weight_decay())
@@ -62,10 +43,12 @@ def param_groups(
         if not param.requires_grad:
             continue
         no_decay = _takes_no_decay(name, param, extra)
-        layer = layer_id(name, depth) if layer_decay is not None else 0
+        layer = 0
+        if layer_decay is not None:
+            layer = encoder.layer_id(name.removeprefix("encoder.")) if name in own else top
         key = (layer, no_decay)
         if key not in groups:
-            scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+            scale = layer_decay ** (top - layer) if layer_decay is not None else 1.0
             groups[key] = {
                 "params": [],
                 "names": [],

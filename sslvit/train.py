@@ -67,13 +67,37 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+MODEL_OPTIONS = ("patch_size", "global_pool", "pos_embed", "pos_embed_at", "class_token")
+
+
+def check_model_config(cfg: RunConfig) -> None:
+    """Refuse, before any work, an unknown model, options its family does not take and an
+    objective x backbone pair that cannot train (``ConfigError`` naming the key or the pairs)."""
+    import inspect
+
+    from sslvit.config import ConfigError
+    from sslvit.models import FAMILIES, list_models, model_family
+    from sslvit.objectives import check_pair
+
+    try:
+        family = model_family(cfg.model.name)
+    except KeyError:
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; known: {', '.join(list_models())}") from None
+    takes = inspect.signature(FAMILIES[family].__init__).parameters
+    for key in MODEL_OPTIONS:
+        if getattr(cfg.model, key) is not None and key not in takes:
+            raise ConfigError(f"model.{key}: the {family} family ({cfg.model.name}) has no such option")
+    check_pair(cfg.objective.name, family)
+
+
 def build_encoder(cfg: RunConfig) -> nn.Module:
     """The encoder named by ``cfg.model`` (unset options keep the variant's defaults)."""
     from sslvit.models import create_model
 
+    check_model_config(cfg)
     m = cfg.model
     overrides: dict[str, Any] = {"img_size": m.img_size or cfg.data.image_size, "num_classes": m.num_classes}
-    for key in ("patch_size", "global_pool", "pos_embed", "class_token"):
+    for key in MODEL_OPTIONS:
         if getattr(m, key) is not None:
             overrides[key] = getattr(m, key)
     if m.drop_path_rate:
@@ -136,6 +160,8 @@ def train(
     """
     from sslvit.objectives import build_objective
 
+    if encoder is None:
+        check_model_config(cfg)
     processes = start_processes()
     out_dir = Path(cfg.train.out_dir)
     resume_from = find_resume_point(cfg.train.resume, out_dir / (cfg.train.name or "_"), out_dir)
@@ -154,6 +180,7 @@ def train(
     encoder = encoder if encoder is not None else build_encoder(cfg)
     objective = build_objective(cfg.objective, encoder, data.mean, data.std)
     loader = data.make_loader(masker=getattr(objective, "masker", None))
+    _freeze_untrained(accelerator, objective)
 
     accum = cfg.train.grad_accum
     steps_per_epoch = max(1, len(loader) // accum)
@@ -269,6 +296,17 @@ def train(
         _end_epoch(accelerator, on_epoch_end, plain, loader, epoch_now, state.step, run_dir)
     normalization = {"mean": list(data.mean), "std": list(data.std)}
     return _finish(accelerator, plain, run_dir, state, {**resolved, "normalization": normalization})
+
+
+def _freeze_untrained(accelerator: Accelerator, objective: nn.Module) -> None:
+    """Freeze (and say so) the parameters the objective's loss cannot reach, so no rank waits on their
+    gradients and no optimizer decays them."""
+    frozen = sorted(objective.untrained_parameters())
+    for name, param in objective.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    if frozen:
+        _say(accelerator, f"frozen (the {objective.name} loss cannot reach them): {', '.join(frozen)}")
 
 
 def _raise_nonfinite(run_dir: Path, step: int, value: float) -> None:

@@ -56,9 +56,9 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_int_accepted_where_float_expected_and_none_for_optional():
-    cfg = config_lib.load(None, ["optim.lr=1", "objective.mask_ratio=null", "optim.min_lr=1e-6"])
+    cfg = config_lib.load(None, ["optim.lr=1", "model.patch_size=null", "optim.min_lr=1e-6"])
     assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
-    assert cfg.objective.mask_ratio is None
+    assert cfg.model.patch_size is None
     assert cfg.optim.min_lr == pytest.approx(1e-6)
 
 
@@ -90,13 +90,44 @@ def test_partial_section_keeps_a_subclass_default(tmp_path):
     from dataclasses import dataclass, field
 
     from sslvit.config import ObjectiveConfig
+    from sslvit.objectives import objective_config
 
     @dataclass
     class Finetune(RunConfig):
-        objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(name="supervised"))
+        objective: ObjectiveConfig = field(default_factory=lambda: objective_config("supervised"))
 
     path = tmp_path / "f.yaml"
     path.write_text("objective:\n  label_smoothing: 0.2\n")
     cfg = config_lib.load(path, cls=Finetune)
     assert cfg.objective.name == "supervised"
     assert cfg.objective.label_smoothing == pytest.approx(0.2)
+
+
+def test_objective_section_is_the_named_objectives_own():
+    from sslvit.objectives.mae import MAEConfig
+    from sslvit.objectives.simmim import SimMIMConfig
+
+    assert isinstance(config_lib.load().objective, MAEConfig)
+    simmim = config_lib.load(None, ["objective.name=simmim", "objective.mask_patch_size=8"])
+    assert isinstance(simmim.objective, SimMIMConfig)
+    assert (simmim.objective.mask_ratio, simmim.objective.mask_patch_size) == (0.6, 8)
+    # switching objective drops the other objective's defaults; its keys are then unknown
+    with pytest.raises(ConfigError, match="objective.decoder_depth"):
+        config_lib.load(None, ["objective.name=simmim", "objective.decoder_depth=2"])
+    with pytest.raises(ConfigError, match="objective.name: unknown objective 'byol'; known: mae, mpp"):
+        config_lib.load(None, ["objective.name=byol"])
+
+
+def test_an_objective_file_round_trips_through_its_own_section(tmp_path):
+    cfg = config_lib.load(None, ["objective.name=mpp", "objective.mpp_target=l2_patch"])
+    again = config_lib.load(config_lib.save(cfg, tmp_path / "c.yaml"))
+    assert again == cfg and type(again.objective).__name__ == "MPPConfig"
+
+
+def test_switching_the_objective_on_the_command_line_drops_the_files_other_objective(tmp_path):
+    path = tmp_path / "mae.yaml"
+    path.write_text("objective:\n  name: mae\n  decoder_depth: 1\nmodel:\n  name: vit_pico_patch4\n")
+    cfg = config_lib.load(path, ["objective.name=simmim", "objective.mask_ratio=0.5"])
+    assert type(cfg.objective).__name__ == "SimMIMConfig" and cfg.objective.mask_ratio == 0.5
+    assert cfg.model.name == "vit_pico_patch4"  # other sections of the file still apply
+    assert config_lib.load(path).objective.decoder_depth == 1

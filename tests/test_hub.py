@@ -125,13 +125,16 @@ def test_dry_run_folder_round_trips_with_timm_names(tmp_path: Path, checkpoint: 
 
 
 def test_standard_size_maps_to_timm_variant() -> None:
-    from sslvit.hub.export import timm_architecture, timm_support
-    from sslvit.models import model_defaults
-
-    base = model_defaults("vit_base_patch16")
-    assert timm_architecture(base) == ("vit_base_patch16_224", True)
-    assert timm_architecture({**base, "img_size": 384}) == ("vit_base_patch16_384", True)
-    assert timm_support({**base, "pos_embed": "learned_2d"}) is not None
+    with torch.device("meta"):
+        base = create_model("vit_base_patch16").timm_spec()
+        big = create_model("vit_base_patch16", img_size=384).timm_spec()
+        nano = create_model("vit_nano_patch4").timm_spec()
+        two_d = create_model("vit_base_patch16", pos_embed="learned_2d").timm_spec()
+    assert (base["architecture"], base["exact"]) == ("vit_base_patch16_224", True)
+    assert (big["architecture"], big["exact"]) == ("vit_base_patch16_384", True)
+    assert (nano["architecture"], nano["exact"]) == ("vit_base_patch16_224", False)
+    assert nano["model_args"]["embed_dim"] == 128 and nano["model_args"]["num_heads"] == 4
+    assert isinstance(two_d, str) and "learned_2d" in two_d
 
 
 def test_card_front_matter_carries_metric_values(tmp_path: Path, checkpoint: Path) -> None:

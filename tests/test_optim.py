@@ -4,10 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from sslvit.optim import build_optimizer, layer_id, lr_at, param_groups, set_lr
+from sslvit.models.encoder import block_layer_id
+from sslvit.optim import build_optimizer, lr_at, param_groups, set_lr
 
 
 class TinyEncoder(nn.Module):
+    """Only what the optimiser reads of an encoder: parameters, ``layer_id`` and ``num_layers``."""
+
     def __init__(self, depth: int = 3):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
@@ -16,6 +19,10 @@ class TinyEncoder(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 4)) for _ in range(depth))
         self.norm = nn.LayerNorm(4)
         self.head = nn.Linear(4, 2)
+        self.num_layers = depth + 1
+
+    def layer_id(self, name: str) -> int:
+        return block_layer_id(name, "blocks", self.num_layers, ("patch_embed", "pos_embed", "cls_token"))
 
 
 def test_lr_schedule_values():
@@ -53,7 +60,20 @@ def test_layer_decay_scales():
     assert scale["blocks.0.1.weight"] == pytest.approx(0.5**3)
     assert scale["blocks.2.1.weight"] == pytest.approx(0.5**1)
     assert scale["head.weight"] == pytest.approx(1.0)
-    assert layer_id("encoder.blocks.7.attn.qkv.weight", 12) == 8
+
+
+def test_layer_decay_follows_the_encoders_own_layer_ids_inside_an_objective():
+    from sslvit.models import create_model
+    from sslvit.objectives import build_objective, objective_config
+
+    encoder = create_model("vit_pico_patch4")
+    objective = build_objective(objective_config("simmim", mask_patch_size=8), encoder)
+    scale = {n: g["lr_scale"] for g in param_groups(objective, 0.05, layer_decay=0.5) for n in g["names"]}
+    top = encoder.num_layers
+    for name, _ in encoder.named_parameters():
+        assert scale[f"encoder.{name}"] == pytest.approx(0.5 ** (top - encoder.layer_id(name)))
+    # the objective's own head and mask token train at the full rate
+    assert scale["decoder.weight"] == scale["mask_token"] == 1.0
 
 
 def test_set_lr_applies_scale():

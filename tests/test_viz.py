@@ -105,13 +105,13 @@ def test_rollout_rows_are_distributions_and_identity_is_fixed() -> None:
 
 def test_visualize_writes_every_figure(tmp_path: Path) -> None:
     from sslvit.checkpoint import save_model
-    from sslvit.config import ObjectiveConfig, to_dict
-    from sslvit.objectives import build_objective
+    from sslvit.config import to_dict
+    from sslvit.objectives import build_objective, objective_config
     from sslvit.viz import visualize
 
     torch.manual_seed(0)
     encoder = create_model("vit_pico_patch4")
-    cfg = ObjectiveConfig(name="mae", decoder_depth=1, decoder_dim=16, decoder_heads=2)
+    cfg = objective_config("mae", decoder_depth=1, decoder_dim=16, decoder_heads=2)
     objective = build_objective(cfg, encoder)
     extra = {"objective": to_dict(cfg), "config": {"data": {"mean": [0.5] * 3, "std": [0.25] * 3}}}
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +46,27 @@ def digits_arrays(image_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarra
     train_idx, val_idx = train_test_split(index, test_size=VAL_SIZE, stratify=labels, random_state=0)
     out = {}
     for split, idx in (("train", np.sort(train_idx)), ("val", np.sort(val_idx))):
-        images = np.stack([_upscale(pixels[i], image_size) for i in idx])
+        images = np.stack([upscale(pixels[i], image_size) for i in idx])
         out[split] = (images, labels[idx])
     return out
 
 
-def _upscale(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (8, 8) -> uint8 (size, size), bicubic."""
+def upscale(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (h, w) grayscale -> uint8 (size, size), bicubic (also used by fashion_mnist)."""
     if image.shape == (size, size):
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _png_items(images: np.ndarray, labels: np.ndarray, split: str) -> Iterator[SourceItem]:
+def png_items(images: np.ndarray, labels: np.ndarray, prefix: str, width: int = 4,
+              ids: np.ndarray | None = None) -> Iterator[SourceItem]:
+    """Grayscale uint8 images -> PNG SourceItems named ``{prefix}-{id:0{width}d}`` (id: ``ids[i]``,
+    default the position ``i``), encoded lazily."""
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, "PNG", optimize=False)
-        yield SourceItem(name=f"digits-{split}-{i:04d}", data=buf.getvalue(), label=int(label))
+        n = i if ids is None else int(ids[i])
+        yield SourceItem(name=f"{prefix}-{n:0{width}d}", data=buf.getvalue(), label=int(label))
 
 
 def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = False) -> dict[str, Path]:
@@ -76,7 +80,7 @@ def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = Fa
     for split, (images, labels) in arrays.items():
         extra = {"corpus": "digits", "split": split, "image_size": image_size, "mean": mean, "std": std,
                  "stats_from": "train", "source": "sklearn.datasets.load_digits"}
-        write_shards(_png_items(images, labels, split), out_root / split, prefix=f"digits-{split}",
+        write_shards(png_items(images, labels, f"digits-{split}"), out_root / split, prefix=f"digits-{split}",
                      max_count=SHARD_SIZE, class_names=CLASS_NAMES, verify=False, compute_stats=False,
                      total=len(labels), progress=progress, extra=extra)
         dirs[split] = out_root / split
@@ -93,23 +97,21 @@ def _is_complete(root: Path, image_size: int) -> bool:
             and all((root / s / MANIFEST_NAME).exists() for s in ("train", "val")))
 
 
-def ensure_digits_shards(root: str | Path = "data/shards/digits", image_size: int = 32,
-                         progress: bool = False) -> dict[str, Path]:
-    """Build the digits shards under ``root`` once and reuse them: split -> directory holding
-    ``manifest.json``. A build for another ``image_size`` at the same root is replaced."""
-    root = Path(root)
-    splits = {s: root / s for s in ("train", "val")}
-    if _is_complete(root, image_size):
-        return splits
+def build_once(root: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], object]) -> None:
+    """Unless ``is_complete(root)``, run ``build(tmp)`` into a unique temporary directory next to
+    ``root`` and rename it into place (replacing an incomplete or outdated ``root``), all under an
+    exclusive lock ``root.parent/.{root.name}.lock``, so concurrent callers build it once."""
+    if is_complete(root):
+        return
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if _is_complete(root, image_size):
-                return splits
+            if is_complete(root):
+                return
             tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:12]}"
             try:
-                build_digits(tmp, image_size, progress)
+                build(tmp)
                 if root.exists():
                     trash = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:12]}"
                     os.replace(root, trash)
@@ -119,4 +121,12 @@ def ensure_digits_shards(root: str | Path = "data/shards/digits", image_size: in
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    return splits
+
+
+def ensure_digits_shards(root: str | Path = "data/shards/digits", image_size: int = 32,
+                         progress: bool = False) -> dict[str, Path]:
+    """Build the digits shards under ``root`` once and reuse them: split -> directory holding
+    ``manifest.json``. A build for another ``image_size`` at the same root is replaced."""
+    root = Path(root)
+    build_once(root, lambda r: _is_complete(r, image_size), lambda tmp: build_digits(tmp, image_size, progress))
+    return {s: root / s for s in ("train", "val")}

@@ -14,7 +14,6 @@ data/README.md for its fields.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from sslvit.checkpoint import sha256_file
 from sslvit.data.decode import DEFAULT_MAX_PIXELS, SampleError, _to_rgb_array, open_image
 
 MANIFEST_NAME = "manifest.json"
@@ -113,7 +113,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         name = self._name(len(self.shards))
-        digest, nbytes = sha256_file(self._tmp)
+        digest, nbytes = sha256_file(self._tmp), self._tmp.stat().st_size
         os.replace(self._tmp, self.out_dir / name)
         self.shards.append({"name": name, "count": self._count, "bytes": nbytes, "sha256": digest})
         self._tar = self._file = self._tmp = None
@@ -135,16 +135,6 @@ class ShardWriter:
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
         self._tar = self._file = self._tmp = None
-
-
-def sha256_file(path: str | Path) -> tuple[str, int]:
-    """(hex sha256, size in bytes) of a file."""
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from torch import nn
 
 from sslvit import config as config_lib
-from sslvit.checkpoint import load_checkpoint, read_metadata
+from sslvit.checkpoint import load_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,8 +52,9 @@ class EvalConfig:
     mean: tuple[float, float, float] | None = opt(None, "pixel mean in [0,1]; null = the checkpoint's "
                                                          "run config, else the data manifest, else ImageNet's")
     std: tuple[float, float, float] | None = opt(None, "pixel std in [0,1]; null = as for --mean")
-    pool: Literal["token", "avg", "token+avg"] = opt("token", "feature of one block: class token, "
-                                                           "average of patch tokens, or both concatenated")
+    pool: Literal["auto", "token", "avg", "token+avg"] = opt("auto", "feature of one block: class token, "
+                                                           "average of patch tokens, or both concatenated; "
+                                                           "auto = the encoder's own pooling")
     last_k: int = opt(1, "concatenate the pooled features of the last k blocks (each after the final norm)")
     batch_size: int = opt(128, "images per process per batch during feature extraction")
     num_workers: int = opt(2, "data loader worker processes")
@@ -95,7 +96,7 @@ def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None,
 
 def load_config(cls: type, file: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
     """Like :func:`sslvit.config.load`, but unset keys keep ``cls()``'s own defaults, also inside
-    sections whose default a subclass changed (``FinetuneConfig.objective.name == "supervised"``).
+    sections whose default a subclass changed (``FinetuneConfig.objective``: the supervised objective).
 
     Unknown keys and wrong types raise :class:`~sslvit.config.ConfigError` naming the dotted key; a
     missing file raises ``FileNotFoundError`` naming it.
@@ -152,26 +153,8 @@ def load_encoder(cfg: EvalConfig, **overrides: Any) -> nn.Module:
 
 
 def encoder_image_size(encoder: nn.Module) -> int:
-    """Side in pixels of the images ``encoder`` was built for (grid height * patch size)."""
-    grid = encoder.patch_embed.grid_size
-    patch = encoder.patch_embed.patch_size
-    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    return int(grid[0]) * int(patch)
-
-
-def checkpoint_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Mean / std the checkpoint's run normalised its images with, when its metadata records them."""
-    meta = read_metadata(path)
-    for key in ("normalization", "data"):
-        value = meta.get(key)
-        if isinstance(value, dict) and value.get("mean") and value.get("std"):
-            return tuple(value["mean"]), tuple(value["std"])
-    run = meta.get("config")
-    if isinstance(run, dict):
-        data = run.get("data", {})
-        if data.get("mean") and data.get("std"):
-            return tuple(data["mean"]), tuple(data["std"])
-    return None
+    """Side in pixels of the (square) images ``encoder`` was built for."""
+    return int(encoder.img_size[0])
 
 
 def output_dir(cfg: EvalConfig) -> Path:

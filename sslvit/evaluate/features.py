@@ -20,50 +20,22 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslvit.checkpoint import read_metadata, sha256_file
-from sslvit.evaluate.common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EvalConfig,
-    checkpoint_normalization,
-    encoder_image_size,
-    load_encoder,
-    output_dir,
-)
-
-
-def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """tokens (N, P + L, D) -> (N, D) for "token" / "avg", (N, 2D) for "token+avg"."""
-    parts = []
-    if "token" in pool:
-        if num_prefix_tokens == 0:
-            raise ValueError("pool='token' needs an encoder with a class token; use pool='avg'")
-        parts.append(tokens[:, 0])
-    if "avg" in pool:
-        parts.append(tokens[:, num_prefix_tokens:].mean(dim=1))
-    if not parts:
-        raise ValueError(f"unknown pool {pool!r}; use 'token', 'avg' or 'token+avg'")
-    return torch.cat(parts, dim=-1)
+from sslvit.checkpoint import normalization, read_metadata, sha256_file
+from sslvit.evaluate.common import EvalConfig, encoder_image_size, load_encoder, output_dir
 
 
 @torch.no_grad()
-def encode(encoder: nn.Module, images: torch.Tensor, pool: str = "token", last_k: int = 1) -> torch.Tensor:
-    """Features of normalised images (N, C, H, W) -> (N, last_k * D') with D' the pooled width.
+def encode(encoder: nn.Module, images: torch.Tensor, pool: str = "auto", last_k: int = 1) -> torch.Tensor:
+    """Features of normalised images (N, C, H, W) -> (N, last_k * F') with F' the pooled width.
 
     The outputs of the last ``last_k`` blocks each go through the encoder's final norm and are
-    pooled; blocks are concatenated from the earliest to the last.
+    pooled (``auto``: the encoder's own pooling); blocks are concatenated from the earliest to the last.
     """
-    if not 1 <= last_k <= len(encoder.blocks):
-        raise ValueError(f"last_k must be in 1..{len(encoder.blocks)}, got {last_k}")
-    captured: list[torch.Tensor] = []
-    hooks = [b.register_forward_hook(lambda _m, _i, out: captured.append(out)) for b in encoder.blocks[-last_k:]]
-    try:
-        final = encoder.forward_features(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    outs = [encoder.norm(t) for t in captured[:-1]] + [final]
-    return torch.cat([pool_tokens(t, pool, encoder.num_prefix_tokens) for t in outs], dim=-1)
+    if not 1 <= last_k <= encoder.num_feature_blocks:
+        raise ValueError(f"last_k must be in 1..{encoder.num_feature_blocks}, got {last_k}")
+    how = None if pool == "auto" else pool
+    outs = [encoder.forward_features(images)] if last_k == 1 else encoder.forward_blocks(images, last_k)
+    return torch.cat([encoder.pool(t, how) for t in outs], dim=-1)
 
 
 @torch.no_grad()
@@ -72,7 +44,7 @@ def extract_features(
     loader: Any,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    pool: str = "token",
+    pool: str = "auto",
     last_k: int = 1,
     accelerator: Accelerator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,28 +135,13 @@ def resolve_normalization(
     std: tuple[float, ...] | None,
     train_spec: str,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Pixel mean / std: ``mean`` / ``std`` when given, else what the checkpoint's run used (its
-    metadata, or the manifest of its training shards), else the manifest of ``train_spec`` for
-    sslvit checkpoints, else ImageNet's (foreign checkpoints)."""
+    """Pixel mean / std: ``mean`` / ``std`` when given, else what the checkpoint records
+    (:func:`sslvit.checkpoint.normalization`, with ``train_spec``'s manifest as the last sslvit
+    fallback), else ImageNet's (foreign checkpoints)."""
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
-    recorded = checkpoint_normalization(checkpoint)
-    if recorded is not None:
-        return recorded
-    meta = read_metadata(checkpoint)
-    if not meta:
-        return IMAGENET_MEAN, IMAGENET_STD
-    from sslvit.data.stream import load_manifest
-
-    run_data = (meta.get("config") or {}).get("data", {})
-    for spec in (run_data.get("train_shards"), train_spec):
-        try:
-            manifest = load_manifest(spec) if spec else None
-        except (FileNotFoundError, ValueError, OSError):
-            manifest = None
-        if manifest and manifest.get("mean") and manifest.get("std"):
-            return tuple(manifest["mean"]), tuple(manifest["std"])
-    return IMAGENET_MEAN, IMAGENET_STD
+    found_mean, found_std, _ = normalization(read_metadata(checkpoint), (train_spec,))
+    return found_mean, found_std
 
 
 def make_eval_loader(spec: str, image_size: int, batch_size: int, num_workers: int,
@@ -217,7 +174,7 @@ def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None)
     options = {"pool": cfg.pool, "last_k": cfg.last_k, "image_size": image_size, "crop_pct": cfg.crop_pct,
                "mean": list(mean), "std": list(std)}
     checkpoint = {"path": str(Path(cfg.checkpoint).resolve()), "sha256": sha256_file(cfg.checkpoint),
-                  "model": encoder.get_config() if hasattr(encoder, "get_config") else None}
+                  "model": encoder.get_config()}
     out: dict[str, Any] = {"is_main": accelerator.is_main_process,
                            "describe": {"checkpoint": checkpoint, "data": {}, "features": options}}
     cache_dir = output_dir(cfg) / "features"

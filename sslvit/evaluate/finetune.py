@@ -34,6 +34,7 @@ from sslvit.config import (
     TrainConfig,
 )
 from sslvit.evaluate.common import encoder_image_size, opt, write_metrics
+from sslvit.objectives import objective_class, objective_config
 
 
 @dataclass
@@ -55,8 +56,8 @@ class FinetuneConfig(RunConfig):
 
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=32, crop_scale=(0.5, 1.0), hflip=False))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="", drop_path_rate=0.1))
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(
-        name="supervised", label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0))
+    objective: ObjectiveConfig = field(default_factory=lambda: objective_config(
+        "supervised", label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         base_lr=8e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=3, layer_decay=0.75))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, log_every=20))
@@ -127,8 +128,9 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
 
     if not cfg.finetune.checkpoint:
         raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
-    if cfg.objective.name != "supervised":
-        raise ConfigError(f"objective.name: fine-tuning needs 'supervised', got {cfg.objective.name!r}")
+    if not objective_class(cfg.objective.name).needs_labels:
+        raise ConfigError(f"objective.name: fine-tuning needs an objective that trains on labels "
+                          f"(such as 'supervised'), got {cfg.objective.name!r}")
     state = PartialState()
     train_spec = cfg.data.train_shards or default_shards("train", cfg.data.digits_image_size, state)
     val_spec = cfg.data.val_shards or default_shards("val", cfg.data.digits_image_size, state)
@@ -143,7 +145,7 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     encoder = load_checkpoint(cfg.finetune.checkpoint, model_name=cfg.model.name or None, **overrides)
     size = cfg.model.img_size or cfg.data.image_size
     if size != encoder_image_size(encoder):
-        encoder.resize_pos_embed(size)
+        encoder.set_img_size(size)
     mean, std = resolve_normalization(cfg.finetune.checkpoint, cfg.data.mean, cfg.data.std, train_spec)
     cfg = replace(
         cfg,

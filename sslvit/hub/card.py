@@ -33,7 +33,7 @@ def front_matter(
     objective = (sv.get("objective") or {}).get("name", "")
     tags = ["sslvit", "vision-transformer", "image-feature-extraction", "pytorch", "safetensors"]
     tags += [objective] if objective else []
-    tags += ["self-supervised"] if objective in ("mae", "simmim", "mpp") else []
+    tags += ["self-supervised"] if objective and not _objective_needs_labels(objective) else []
     tags += ["timm"] if sv["timm"]["loadable"] else []
     datasets = sorted({r.dataset for r in results} | {_train_dataset(sv.get("data") or {})})
     meta: dict[str, Any] = {
@@ -46,6 +46,15 @@ def front_matter(
     if results:
         meta["model-index"] = [{"name": repo_id.split("/")[-1], "results": [_result(r) for r in results]}]
     return meta
+
+
+def _objective_needs_labels(name: str) -> bool:
+    from sslvit.objectives import objective_class
+
+    try:
+        return objective_class(name).needs_labels
+    except KeyError:
+        return True
 
 
 def _result(r: EvalResult) -> dict[str, Any]:
@@ -129,10 +138,13 @@ def _recipe(config: dict[str, Any]) -> str:
             + ", ".join(
                 f"{k}={sv['model'][k]}"
                 for k in (
+                    "family",
                     "img_size",
                     "patch_size",
                     "embed_dim",
+                    "embed_dims",
                     "depth",
+                    "depths",
                     "num_heads",
                     "mlp_ratio",
                     "class_token",
@@ -144,13 +156,7 @@ def _recipe(config: dict[str, Any]) -> str:
         )
     ]
     if obj:
-        keys = {
-            "mae": ("mask_ratio", "norm_pix_loss", "decoder_depth", "decoder_dim"),
-            "simmim": ("mask_ratio", "mask_patch_size"),
-            "mpp": ("mask_ratio", "mpp_target"),
-            "supervised": ("label_smoothing", "mixup_alpha", "cutmix_alpha", "num_classes"),
-        }.get(obj.get("name"), ())
-        rows.append(("Objective", f"`{obj.get('name')}` " + ", ".join(f"{k}={obj.get(k)}" for k in keys)))
+        rows.append(("Objective", _objective_card(obj)))
     if data:
         rows.append(
             (
@@ -197,6 +203,15 @@ def _recipe(config: dict[str, Any]) -> str:
     lines = ["## Training recipe", "", "| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
     lines += ["", "The full run config is in `config.json` under `sslvit`.", ""]
     return "\n".join(lines)
+
+
+def _objective_card(obj: dict[str, Any]) -> str:
+    from sslvit.objectives import objective_class
+
+    try:
+        return objective_class(obj.get("name", "")).card(obj)
+    except KeyError:
+        return f"`{obj.get('name')}`"
 
 
 def _results(results: list[EvalResult]) -> str:
@@ -246,11 +261,9 @@ def model_card(
         "",
         f"# {repo_id}",
         "",
-        f"A Vision Transformer encoder (`{m.get('arch')}`: {m['depth']} blocks, width {m['embed_dim']}, "
-        f"{m['num_heads']} heads, {m['patch_size']}px patches{params}) pretrained with `{objective}` "
-        "by sslvit. The weights in `model.safetensors` use the common ViT parameter names and hold the "
-        "encoder "
-        "only.",
+        f"A `{m.get('family', 'vit')}` encoder (`{m.get('arch')}`{params}) "
+        f"pretrained with `{objective}` by sslvit. The weights in `model.safetensors` use timm's parameter "
+        "names for this family and hold the encoder only.",
         "",
         _usage(repo_id, config),
         _recipe(config),

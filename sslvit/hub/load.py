@@ -12,8 +12,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
+from sslvit.checkpoint import load_strict
 from sslvit.hub.common import CONFIG_NAME, WEIGHTS_NAME, PublishError, check_repo_id
-from sslvit.hub.export import load_strict, model_config_from_hub
+from sslvit.hub.export import model_config_from_hub
 
 
 def _download(

@@ -25,7 +25,7 @@ from sslvit.hub.common import (
     check_repo_id,
     sha256_file,
 )
-from sslvit.hub.export import Encoder, hub_config, read_encoder
+from sslvit.hub.export import ReadEncoder, hub_config, read_encoder
 from sslvit.hub.metrics import EvalResult, read_metrics
 
 
@@ -61,7 +61,7 @@ def find_figures(checkpoint: str | Path, figures: str | Path | None = None) -> l
 
 
 def build_folder(
-    encoder: Encoder,
+    encoder: ReadEncoder,
     out_dir: str | Path,
     repo_id: str,
     results: Sequence[EvalResult] = (),

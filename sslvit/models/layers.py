@@ -52,9 +52,15 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    With ``rel_positions`` > 0 the block also has the ViT paper's 1-D relative attention
+    (appendix D.4): a learned embedding ``rel_pos`` (2 * T - 1, head_dim) per offset between query
+    and key positions; the query's dot product with the embedding of each pair's offset is added
+    to the attention logits.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_positions: int = 0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
@@ -62,6 +68,12 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.rel_positions = rel_positions
+        self.rel_pos = (
+            nn.Parameter(nn.init.trunc_normal_(torch.zeros(2 * rel_positions - 1, self.head_dim), std=0.02))
+            if rel_positions
+            else None
+        )
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (N, T, D) -> q, k, v: each (N, heads, T, D / heads)."""
@@ -69,16 +81,30 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, T, D) -> (N, T, D)."""
+    def _bias(self, q: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor | None:
+        """Relative-attention logits: q (N, h, T, d), positions int64 (N, T) -> (N, h, T, T) scaled, or None."""
+        if self.rel_pos is None:
+            return None
+        if positions is None:
+            positions = torch.arange(q.shape[2], device=q.device).expand(q.shape[0], -1)
+        offsets = positions[:, :, None] - positions[:, None, :] + self.rel_positions - 1  # (N, T, T)
+        table = self.rel_pos.to(q.dtype)[offsets]  # (N, T, T, d)
+        return torch.einsum("nhid,nijd->nhij", q, table) * self.head_dim**-0.5
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, T, D), positions: optional int64 (N, T) for relative attention -> (N, T, D)."""
         q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(q, positions))
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_attention(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Slow path: x: (N, T, D) -> out (N, T, D), attention weights (N, heads, T, T)."""
         q, k, v = self._qkv(x)
-        attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        bias = self._bias(q, positions)
+        attn = (logits if bias is None else logits + bias).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(x.shape)
         return self.proj(out), attn
 
@@ -134,10 +160,11 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init: float | None = None,
         norm_eps: float = 1e-6,
+        rel_positions: int = 0,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, rel_positions)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
@@ -145,13 +172,15 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, T, D) -> (N, T, D)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, T, D), positions: optional int64 (N, T) (relative attention) -> (N, T, D)."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), positions)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_attention(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (N, T, D) -> (N, T, D), attention weights (N, heads, T, T)."""
-        out, attn = self.attn.forward_with_attention(self.norm1(x))
+        out, attn = self.attn.forward_with_attention(self.norm1(x), positions)
         x = x + self.drop_path1(self.ls1(out))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn

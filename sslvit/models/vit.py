@@ -4,19 +4,25 @@ Parameter names follow the common ViT convention (timm, MAE, DeiT): ``patch_embe
 ``cls_token``, ``pos_embed``, ``blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
 ``norm``, ``head``. 2-D learned position embeddings use ``pos_embed_row``, ``pos_embed_col`` and
 ``pos_embed_prefix`` (the prefix tokens' own positions).
+
+The paper's position-coding ablation (appendix D.4, table 8) is two options: ``pos_embed`` (none,
+1-D ``learned``, ``learned_2d``, ``sincos`` or ``relative`` attention) and ``pos_embed_at``:
+``input`` (added once, the default), ``every_layer`` (a separate table added to the input of every
+block: ``layer_pos_embed*``) or ``every_layer_shared`` (the input table added before every block).
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
 
+from sslvit.models.encoder import Encoder, block_layer_id, keep_visible, replace_masked, visible_indices
 from sslvit.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, _pair, block_flops
 from sslvit.models.pos_embed import resample_axis, resample_pos_embed, sincos_2d
+from sslvit.models.registry import variant
 
 __all__ = [
     "Attention",
@@ -29,34 +35,44 @@ __all__ = [
     "visible_indices",
 ]
 
-POS_EMBEDS = ("learned", "learned_2d", "sincos", "none")
+POS_EMBEDS = ("learned", "learned_2d", "sincos", "relative", "none")
+POS_EMBED_AT = ("input", "every_layer", "every_layer_shared")
+_POS_AT_ALLOWED = {
+    "learned": POS_EMBED_AT,
+    "learned_2d": POS_EMBED_AT,
+    "sincos": ("input", "every_layer_shared"),
+    "relative": ("input",),
+    "none": ("input",),
+}
+TIMM_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base",
+              (1024, 24, 16): "large", (1280, 32, 16): "huge"}
+TIMM_VARIANTS = {
+    "vit_tiny_patch16_224", "vit_tiny_patch16_384", "vit_small_patch32_224", "vit_small_patch32_384",
+    "vit_small_patch16_224", "vit_small_patch16_384", "vit_small_patch8_224", "vit_base_patch32_224",
+    "vit_base_patch32_384", "vit_base_patch16_224", "vit_base_patch16_384", "vit_base_patch8_224",
+    "vit_large_patch32_224", "vit_large_patch32_384", "vit_large_patch16_224", "vit_large_patch16_384",
+    "vit_huge_patch14_224",
+}
+TIMM_CARRIER = "vit_base_patch16_224"
 
 
 def _table(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.trunc_normal_(torch.zeros(*shape), std=0.02))
 
 
-def visible_indices(mask: torch.Tensor) -> torch.Tensor:
-    """Indices of the visible (False) patches of each row, in increasing order.
+class VisionTransformer(Encoder):
+    """ViT encoder with optional class token, five position codings and an optional head.
 
-    mask: bool (N, L), True = hidden, the same count per row -> (N, L_kept) int64.
+    ``forward_features`` takes images or patch tokens from :meth:`embed` (masked patch prediction
+    edits embeddings) and an optional boolean mask whose hidden patches are dropped before the
+    blocks (MAE) or, with a ``mask_token``, replaced by it (SimMIM). ``head_type="pre_logits"`` puts
+    the paper's tanh representation layer (``pre_logits.fc``) before the linear head, as used for
+    supervised pretraining.
     """
-    hidden = mask.sum(1)
-    num_hidden = int(hidden[0])
-    if bool((hidden != num_hidden).any()):
-        raise ValueError("every row of the mask must hide the same number of patches")
-    order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
-    return order[:, : mask.shape[1] - num_hidden]
 
-
-class VisionTransformer(nn.Module):
-    """ViT encoder with optional class token, four position-embedding kinds and an optional head.
-
-    ``forward_features`` takes images or patch tokens from ``patch_embed`` (objectives that edit
-    embeddings pass tokens) and an optional boolean mask whose hidden patches are dropped before the
-    blocks (MAE). ``head_type="pre_logits"`` puts the paper's tanh representation layer
-    (``pre_logits.fc``) before the linear head, as used for supervised pretraining.
-    """
+    family = "vit"
+    supports = frozenset({"token_drop", "mask_token", "patch_tokens", "attention_maps"})
+    lacks: dict[str, str] = {}
 
     def __init__(
         self,
@@ -73,6 +89,7 @@ class VisionTransformer(nn.Module):
         global_pool: str = "token",
         pos_embed: str = "learned",
         pos_embed_2d_mode: str = "sum",
+        pos_embed_at: str = "input",
         drop_path_rate: float = 0.0,
         layer_scale_init: float | None = None,
         head_type: str = "linear",
@@ -82,6 +99,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
+        if pos_embed_at not in _POS_AT_ALLOWED[pos_embed]:
+            raise ValueError(f"pos_embed={pos_embed!r} takes pos_embed_at in {_POS_AT_ALLOWED[pos_embed]}, "
+                             f"got {pos_embed_at!r}")
         if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
             raise ValueError(f"global_pool={global_pool!r} needs 'avg', or 'token' with a class token")
         if pos_embed_2d_mode not in ("sum", "concat") or head_type not in ("linear", "pre_logits"):
@@ -93,13 +113,15 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.pos_embed_kind = pos_embed
         self.pos_embed_2d_mode = pos_embed_2d_mode
+        self.pos_embed_at = pos_embed_at
         self.num_prefix_tokens = 1 if class_token else 0
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self._init_pos_embed()
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        rel = self.num_prefix_tokens + self.patch_embed.num_patches if pos_embed == "relative" else 0
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], layer_scale_init, norm_eps)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], layer_scale_init, norm_eps, rel)
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -111,10 +133,30 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
 
+    # geometry ---------------------------------------------------------------------------------
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks) + 1
+
+    @property
+    def num_feature_blocks(self) -> int:
+        return len(self.blocks)
+
+    # position tables --------------------------------------------------------------------------
     def _init_pos_embed(self) -> None:
         """Create the position parameters (or the sin-cos buffer) for the current grid."""
         grid, dim, prefix = self.patch_embed.grid_size, self.embed_dim, self.num_prefix_tokens
+        depth_extra = self._config["depth"] - 1 if self.pos_embed_at == "every_layer" else 0
         self.pos_embed_row = self.pos_embed_col = self.pos_embed_prefix = None
+        self.layer_pos_embed = self.layer_pos_embed_row = self.layer_pos_embed_col = None
         if self.pos_embed_kind == "sincos":
             table = torch.cat([torch.zeros(prefix, dim), sincos_2d(grid, dim)])[None]
             self.register_buffer("pos_embed", table, persistent=True)
@@ -122,6 +164,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = None
         if self.pos_embed_kind == "learned":
             self.pos_embed = _table(1, prefix + grid[0] * grid[1], dim)
+            if depth_extra:
+                self.layer_pos_embed = _table(depth_extra, grid[0] * grid[1], dim)
         elif self.pos_embed_kind == "learned_2d":
             if self.pos_embed_2d_mode == "concat" and dim % 2:
                 raise ValueError("concatenated 2-D position embeddings need an even embed_dim")
@@ -130,7 +174,140 @@ class VisionTransformer(nn.Module):
             self.pos_embed_col = _table(1, grid[1], part)
             if prefix:
                 self.pos_embed_prefix = _table(1, prefix, dim)
+            if depth_extra:
+                self.layer_pos_embed_row = _table(depth_extra, grid[0], part)
+                self.layer_pos_embed_col = _table(depth_extra, grid[1], part)
 
+    def _grid_2d(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """rows (B, gh, D'), cols (B, gw, D') -> (B, gh * gw, D), summed or concatenated per patch."""
+        gh, gw = self.patch_embed.grid_size
+        r = rows[:, :, None, :].expand(-1, gh, gw, -1)
+        c = cols[:, None, :, :].expand(-1, gh, gw, -1)
+        grid = r + c if self.pos_embed_2d_mode == "sum" else torch.cat([r, c], dim=-1)
+        return grid.reshape(rows.shape[0], gh * gw, self.embed_dim)
+
+    def get_pos_embed(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Position tables of the prefix tokens and of the patches.
+
+        -> prefix (1, P, D) or None, patches (1, L, D) or None (L row-major over the grid).
+        """
+        if self.pos_embed is not None:
+            p = self.num_prefix_tokens
+            return (self.pos_embed[:, :p] if p else None), self.pos_embed[:, p:]
+        if self.pos_embed_row is None:
+            return None, None
+        return self.pos_embed_prefix, self._grid_2d(self.pos_embed_row, self.pos_embed_col)
+
+    def pos_table(self) -> torch.Tensor | None:
+        return self.get_pos_embed()[1]
+
+    def _layer_tables(self) -> list[torch.Tensor | None]:
+        """Patch position tables added before each block: [(1, L, D) or None] * depth."""
+        depth = len(self.blocks)
+        if self.pos_embed_at == "input":
+            return [None] * depth
+        _, patch_pos = self.get_pos_embed()
+        if self.pos_embed_at == "every_layer_shared":
+            return [patch_pos] * depth
+        if self.layer_pos_embed is not None:
+            extra = list(self.layer_pos_embed.unsqueeze(1).unbind(0))
+        else:
+            extra = list(self._grid_2d(self.layer_pos_embed_row, self.layer_pos_embed_col).unsqueeze(1).unbind(0))
+        return [None, *extra]
+
+    # forward ----------------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, C, H, W) -> patch tokens (N, L, D), no positions."""
+        return self.patch_embed(images)
+
+    def prepare_tokens(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embedded input of the first block.
+
+        x: images (N, C, H, W) or patch tokens (N, L, D) from ``embed``; mask: optional bool
+        (N, L), True = hidden, the same count per row -> (N, P + L_kept, D) (dropped), or with
+        ``mask_token`` (1, 1, D) -> (N, P + L, D) (replaced). Position embeddings are added after
+        the mask token and before dropping; prefix tokens come first.
+        """
+        self.check_mask(mask, mask_token)
+        if x.ndim == 4:
+            x = self.patch_embed(x)
+        if x.ndim != 3 or x.shape[1] != self.patch_embed.num_patches:
+            raise ValueError(
+                f"expected images or (N, {self.patch_embed.num_patches}, D) tokens, got {tuple(x.shape)}"
+            )
+        if mask is not None and mask_token is not None:
+            x = replace_masked(x, mask, mask_token)
+        prefix_pos, patch_pos = self.get_pos_embed()
+        if patch_pos is not None and self.pos_embed_at != "every_layer_shared":
+            x = x + patch_pos
+        if mask is not None and mask_token is None:
+            x = keep_visible(x, mask)
+        if self.cls_token is not None:
+            cls = self.cls_token if prefix_pos is None else self.cls_token + prefix_pos
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return x
+
+    def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, dropped: bool, attention: bool = False):
+        """Yield ``(tokens, attention or None)`` after each block; tokens (N, T, D), T = P + L_kept."""
+        prefix, n = self.num_prefix_tokens, x.shape[0]
+        ids = visible_indices(mask) if dropped and mask is not None else None
+        positions = None
+        if self.pos_embed_kind == "relative":
+            positions = torch.arange(x.shape[1], device=x.device).expand(n, -1)
+            if ids is not None:
+                positions = torch.cat([positions[:, :prefix], ids + prefix], dim=1)
+        for block, table in zip(self.blocks, self._layer_tables(), strict=True):
+            if table is not None:
+                if ids is not None:
+                    table = torch.gather(table.expand(n, -1, -1), 1, ids[..., None].expand(-1, -1, table.shape[-1]))
+                x = torch.cat([x[:, :prefix], x[:, prefix:] + table], dim=1)
+            if attention:
+                x, attn = block.forward_with_attention(x, positions)
+                yield x, attn
+            else:
+                x = block(x, positions)
+                yield x, None
+
+    def forward_features(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens after the blocks and the final norm.
+
+        x: images (N, C, H, W) or patch tokens (N, L, D); mask: optional bool (N, L), True = hidden
+        (dropped before the blocks, or replaced by ``mask_token`` (1, 1, D)) -> (N, P + L_out, D).
+        """
+        tokens = self.prepare_tokens(x, mask, mask_token)
+        for out, _ in self._run_blocks(tokens, mask, dropped=mask_token is None):
+            tokens = out
+        return self.norm(tokens)
+
+    def forward_blocks(self, x: torch.Tensor, last_k: int = 1) -> list[torch.Tensor]:
+        if not 1 <= last_k <= len(self.blocks):
+            raise ValueError(f"last_k must be in 1..{len(self.blocks)}, got {last_k}")
+        outs = [t for t, _ in self._run_blocks(self.prepare_tokens(x), None, dropped=False)]
+        return [self.norm(t) for t in outs[-last_k:]]
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """tokens: (N, P + L, D) -> logits (N, num_classes), or with ``pre_logits`` pooled (N, D)."""
+        x = self.pool(tokens)
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
+        return x if pre_logits else self.head(x)
+
+    def forward_with_attention(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Slow path for visualisation: x: (N, C, H, W) (mask as in ``forward_features``) ->
+        tokens (N, T, D) after the final norm, attention weights [(N, heads, T, T)] per block."""
+        tokens, maps = self.prepare_tokens(x, mask), []
+        for out, attn in self._run_blocks(tokens, mask, dropped=True, attention=True):
+            tokens = out
+            maps.append(attn)
+        return self.norm(tokens), maps
+
+    # parameters -------------------------------------------------------------------------------
     @staticmethod
     def _init_module(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
@@ -146,9 +323,8 @@ class VisionTransformer(nn.Module):
         head_type = head_type or self._config["head_type"]
         self.num_classes = num_classes
         self._config.update(num_classes=num_classes, head_type=head_type)
-        use_pre_logits = head_type == "pre_logits" and num_classes > 0
         self.pre_logits = None
-        if use_pre_logits:
+        if head_type == "pre_logits" and num_classes > 0:
             fc = nn.Linear(self.embed_dim, self.embed_dim)
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -158,91 +334,18 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    def get_pos_embed(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Position tables of the prefix tokens and of the patches.
-
-        -> prefix (1, P, D) or None, patches (1, L, D) or None (L row-major over the grid).
-        """
-        if self.pos_embed is not None:
-            p = self.num_prefix_tokens
-            return (self.pos_embed[:, :p] if p else None), self.pos_embed[:, p:]
-        if self.pos_embed_row is None:
-            return None, None
-        gh, gw = self.patch_embed.grid_size
-        rows = self.pos_embed_row[:, :, None, :].expand(-1, gh, gw, -1)
-        cols = self.pos_embed_col[:, None, :, :].expand(-1, gh, gw, -1)
-        grid = rows + cols if self.pos_embed_2d_mode == "sum" else torch.cat([rows, cols], dim=-1)
-        return self.pos_embed_prefix, grid.reshape(1, gh * gw, self.embed_dim)
-
-    def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedded input of the first block.
-
-        x: images (N, C, H, W) or patch tokens (N, L, D) from ``patch_embed``; mask: optional bool
-        (N, L), True = hidden, the same count per row -> (N, P + L_kept, D). Position embeddings are
-        added before hidden patches are dropped; prefix tokens come first.
-        """
-        if x.ndim == 4:
-            x = self.patch_embed(x)
-        if x.ndim != 3 or x.shape[1] != self.patch_embed.num_patches:
-            raise ValueError(
-                f"expected images or (N, {self.patch_embed.num_patches}, D) tokens, got {tuple(x.shape)}"
-            )
-        prefix_pos, patch_pos = self.get_pos_embed()
-        if patch_pos is not None:
-            x = x + patch_pos
-        if mask is not None:
-            ids = visible_indices(mask)
-            x = torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
-        if self.cls_token is not None:
-            cls = self.cls_token if prefix_pos is None else self.cls_token + prefix_pos
-            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
-        return x
-
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens after the blocks and the final norm.
-
-        x: images (N, C, H, W) or patch tokens (N, L, D); mask: optional bool (N, L), True = hidden
-        (dropped before the blocks) -> (N, P + L_kept, D).
-        """
-        x = self.prepare_tokens(x, mask)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """tokens: (N, P + L, D) -> logits (N, num_classes), or with ``pre_logits`` pooled (N, D)."""
-        if self.global_pool == "token":
-            x = tokens[:, 0]
-        else:
-            x = tokens[:, self.num_prefix_tokens :].mean(dim=1)
-        if self.pre_logits is not None:
-            x = self.pre_logits(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) -> (N, num_classes), or pooled features (N, D) without a head."""
-        return self.forward_head(self.forward_features(x))
-
-    def forward_with_attention(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Slow path for visualisation: x: (N, C, H, W) (mask as in ``forward_features``) ->
-        tokens (N, T, D) after the final norm, attention weights [(N, heads, T, T)] per block."""
-        x = self.prepare_tokens(x, mask)
-        maps = []
-        for block in self.blocks:
-            x, attn = block.forward_with_attention(x)
-            maps.append(attn)
-        return self.norm(x), maps
-
     @torch.no_grad()
-    def resize_pos_embed(self, img_size: int | tuple[int, int]) -> None:
+    def set_img_size(self, img_size: int | tuple[int, int]) -> None:
         """Adapt the model in place to a new input size (e.g. 224 -> 384 for fine-tuning).
 
         Learned tables are resampled bicubically (prefix positions kept), 2-D tables per axis,
-        sin-cos tables recomputed.
+        sin-cos tables recomputed. Relative attention tables and per-layer tables cannot be
+        resampled and raise ``ValueError``.
         """
         old_grid = self.patch_embed.grid_size
+        if _pair(img_size) != self.img_size and (self.pos_embed_kind == "relative" or self.pos_embed_at == "every_layer"):
+            raise ValueError(f"pos_embed={self.pos_embed_kind!r} with pos_embed_at={self.pos_embed_at!r} "
+                             "cannot be resampled to another image size")
         self.patch_embed.set_img_size(img_size)
         new_grid = self.patch_embed.grid_size
         self._config["img_size"] = img_size if isinstance(img_size, int) else list(_pair(img_size))
@@ -257,26 +360,25 @@ class VisionTransformer(nn.Module):
             self.pos_embed_row = nn.Parameter(resample_axis(self.pos_embed_row.data, new_grid[0]))
             self.pos_embed_col = nn.Parameter(resample_axis(self.pos_embed_col.data, new_grid[1]))
 
+    resize_pos_embed = set_img_size
+
     def get_config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments (with ``arch``): ``VisionTransformer(**cfg)`` rebuilds it."""
-        return dict(self._config)
+        """JSON-serialisable constructor arguments (with ``arch`` and ``family``)."""
+        return {**self._config, "family": self.family}
 
     def no_weight_decay(self) -> set[str]:
         """Names of the position tables and prefix tokens (biases and norms are the optimiser's rule)."""
-        names = {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col", "pos_embed_prefix"}
-        return {n for n, _ in self.named_parameters() if n in names}
+        names = {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col", "pos_embed_prefix",
+                 "layer_pos_embed", "layer_pos_embed_row", "layer_pos_embed_col"}
+        return {n for n, _ in self.named_parameters() if n in names or n.endswith("attn.rel_pos")}
 
     def layer_id(self, name: str) -> int:
         """Layer of a parameter for layer-wise lr decay: embeddings 0, ``blocks.i`` i + 1, rest depth + 1."""
-        name = name.removeprefix("encoder.")
-        if name.startswith(("patch_embed", "pos_embed", "cls_token", "mask_token")):
-            return 0
-        match = re.match(r"blocks\.(\d+)\.", name)
-        return int(match.group(1)) + 1 if match else len(self.blocks) + 1
+        embeddings = ("patch_embed", "pos_embed", "cls_token", "mask_token", "layer_pos_embed")
+        return block_layer_id(name, "blocks", self.num_layers, embeddings)
 
-    def num_params(self, trainable_only: bool = False) -> int:
-        """Number of parameters (buffers such as a sin-cos table excluded)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+    def patch_filters(self) -> torch.Tensor | None:
+        return self.patch_embed.proj.weight
 
     def flops_per_image(self, visible_patches: int | None = None, include_head: bool = True) -> int:
         """Analytic forward FLOPs for one image (multiply-add = 2 FLOPs); matrix multiplies only.
@@ -284,8 +386,7 @@ class VisionTransformer(nn.Module):
         ``visible_patches`` counts the patches that reach the blocks (MAE); default all of them.
         """
         c = self._config
-        dim, num_patches = self.embed_dim, self.patch_embed.num_patches
-        p = self.patch_embed.patch_size
+        dim, num_patches, p = self.embed_dim, self.patch_embed.num_patches, self.patch_size
         flops = 2 * num_patches * c["in_chans"] * p * p * dim
         tokens = self.num_prefix_tokens + (num_patches if visible_patches is None else visible_patches)
         flops += len(self.blocks) * block_flops(tokens, dim, int(dim * c["mlp_ratio"]))
@@ -294,3 +395,101 @@ class VisionTransformer(nn.Module):
         if self.pre_logits is not None:
             flops += 2 * dim * dim
         return flops + 2 * dim * self.num_classes
+
+    # timm -------------------------------------------------------------------------------------
+    def timm_spec(self) -> dict[str, Any] | str:
+        """timm's ``VisionTransformer``: the matching variant name when width / depth / heads / patch /
+        size are standard (``vit_base_patch16_224``), else ``vit_base_patch16_224`` as the entry
+        point with every argument in ``model_args``; a reason where timm cannot express the model."""
+        cfg = self._config
+        if cfg["pos_embed"] not in ("learned", "sincos") or cfg["pos_embed_at"] != "input":
+            return f"pos_embed={cfg['pos_embed']!r} at {cfg['pos_embed_at']!r} has no timm equivalent"
+        if cfg["head_type"] == "pre_logits" and cfg["num_classes"] > 0:
+            return "the tanh pre-logits head has no timm equivalent"
+        if abs(float(cfg["norm_eps"]) - 1e-6) > 1e-12:
+            return f"norm_eps={cfg['norm_eps']} differs from timm's 1e-6"
+        h, w = self.img_size
+        size = TIMM_SIZES.get((cfg["embed_dim"], cfg["depth"], cfg["num_heads"]))
+        architecture, exact = TIMM_CARRIER, False
+        for res in (h if h == w else None, 224):
+            name = f"vit_{size}_patch{cfg['patch_size']}_{res}"
+            if size and res and name in TIMM_VARIANTS:
+                architecture, exact = name, True
+                break
+        args = {
+            "img_size": h if h == w else [h, w], "patch_size": cfg["patch_size"], "in_chans": cfg["in_chans"],
+            "embed_dim": cfg["embed_dim"], "depth": cfg["depth"], "num_heads": cfg["num_heads"],
+            "mlp_ratio": cfg["mlp_ratio"], "qkv_bias": cfg["qkv_bias"], "class_token": cfg["class_token"],
+            "global_pool": cfg["global_pool"], "fc_norm": False,
+        }  # sslvit normalises every token before pooling, as timm does with fc_norm=False
+        if cfg.get("layer_scale_init"):
+            args["init_values"] = cfg["layer_scale_init"]
+        return {"architecture": architecture, "model_args": args, "exact": exact}
+
+    # foreign checkpoints ----------------------------------------------------------------------
+    @classmethod
+    def owns_state_dict(cls, state: dict[str, torch.Tensor]) -> bool:
+        return "patch_embed.proj.weight" in state and any(k.startswith("blocks.0.attn.qkv") for k in state)
+
+    @classmethod
+    def infer_config(cls, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Constructor arguments of a plain ViT state dict (timm / MAE / DeiT names).
+
+        Width, depth, patch size, MLP ratio, class token, image size (from the position table) and
+        classes are read off the tensors; the head count cannot be, so it comes from the registered
+        variant with the same width, depth and patch size, and a ``ValueError`` asks for the variant
+        name when there is none.
+        """
+        dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        same = [n for n, m in MODELS.items()
+                if (m.defaults["embed_dim"], m.defaults["depth"], m.defaults["patch_size"]) == (dim, depth, patch)]
+        if not same:
+            raise ValueError(
+                f"a ViT with width {dim}, depth {depth} and {patch} px patches is not a registered variant, "
+                "so its head count is unknown: pass the variant name (--model NAME) with num_heads"
+            )
+        class_token = "cls_token" in state
+        config: dict[str, Any] = {
+            **MODELS[sorted(same)[0]].defaults, "arch": sorted(same)[0], "in_chans": int(in_chans),
+            "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+            "qkv_bias": "blocks.0.attn.qkv.bias" in state, "class_token": class_token,
+            "global_pool": "token" if class_token else "avg",
+            "num_classes": int(state["head.weight"].shape[0]) if "head.weight" in state else 0,
+        }
+        if "pos_embed" in state:
+            grid = int(round((state["pos_embed"].shape[1] - int(class_token)) ** 0.5))
+            config["img_size"] = grid * int(patch)
+        else:
+            config["pos_embed"] = "none"
+        return config
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Position tables of another grid resampled to this model's grid (prefix positions kept)."""
+        from sslvit.models.pos_embed import resample_state_pos_embed
+
+        own = self.state_dict()
+        tables = [k for k in ("pos_embed", "pos_embed_row", "pos_embed_col") if k in state and k in own]
+        if any(state[k].shape != own[k].shape and state[k].shape[-1] == own[k].shape[-1] for k in tables):
+            state = resample_state_pos_embed(state, tuple(self.patch_embed.grid_size), self.num_prefix_tokens)
+        return state
+
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+FAMILY = VisionTransformer
+MODELS = {
+    f"vit_{size}_patch{patch}": variant(VisionTransformer, f"vit_{size}_patch{patch}", img_size=224,
+                                        patch_size=patch, **dims)
+    for size, dims in SIZES.items()
+    for patch in (14, 16, 32)
+}
+MODELS["vit_nano_patch4"] = variant(VisionTransformer, "vit_nano_patch4", img_size=32, patch_size=4,
+                                    embed_dim=128, depth=6, num_heads=4)
+MODELS["vit_pico_patch4"] = variant(VisionTransformer, "vit_pico_patch4", img_size=32, patch_size=4,
+                                    embed_dim=32, depth=2, num_heads=2)

@@ -1,8 +1,14 @@
-"""The objective interface: ``loss, metrics = objective(batch)`` over a ViT encoder.
+"""The objective interface: ``loss, metrics = objective(batch)`` over an encoder.
 
-An objective owns its encoder (``self.encoder``, so its state dict reads ``encoder.*`` plus its own
+The objective is the one extension point for training signals. A subclass owns its typed config
+section (``Config``, a dataclass derived from :class:`sslvit.config.ObjectiveConfig`), whether it
+needs labels, which encoder capabilities it requires (``requires``; see
+``sslvit.models.encoder.CAPABILITIES``), its training transform, what it reports on a model card
+(``card_fields``), its encoder (``self.encoder``, so its state dict reads ``encoder.*`` plus its own
 parameters), its masker (``self.masker`` or None; the loader calls it to put masks in the batch)
-and its loss. Batches hold ``"image"`` uint8 (N, 3, H, W) or float in [0, 1], ``"label"`` int64
+and its loss. It uses only the encoder interface (``sslvit.models.encoder.Encoder``).
+
+Batches hold ``"image"`` uint8 (N, 3, H, W) or float in [0, 1], ``"label"`` int64
 (N,), the masker's keys and optionally ``"valid"`` bool (N,): samples with ``valid == False``
 (padding that keeps ranks in step) take no part in the loss.
 """
@@ -15,7 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sslvit.models.vit import VisionTransformer
+from sslvit.config import ConfigError, DataConfig, ObjectiveConfig
+from sslvit.models.encoder import Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,26 +37,67 @@ class Objective(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    default_mask_ratio: ClassVar[float | None] = None
+    Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    needs_labels: ClassVar[bool] = False
+    uses_pooled_features: ClassVar[bool] = False
+    requires: ClassVar[frozenset[str]] = frozenset()
+    card_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
-        encoder: VisionTransformer,
-        cfg: Any,
+        encoder: Encoder,
+        cfg: ObjectiveConfig,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
         super().__init__()
+        self.check_encoder(encoder)
         self.encoder = encoder
         self.cfg = cfg
         self.register_buffer("pixel_mean", torch.tensor(tuple(mean), dtype=torch.float32), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(tuple(std), dtype=torch.float32), persistent=False)
-        self.patch_size: int = encoder.patch_embed.patch_size
-        self.grid: tuple[int, int] = tuple(encoder.patch_embed.grid_size)
+        self.patch_size: int = encoder.patch_size
+        self.grid: tuple[int, int] = tuple(encoder.patch_grid)
         self.num_patches = self.grid[0] * self.grid[1]
-        ratio = getattr(cfg, "mask_ratio", None)
-        self.mask_ratio = self.default_mask_ratio if ratio is None else float(ratio)
+        self.mask_ratio: float | None = getattr(cfg, "mask_ratio", None)
         self.masker: Callable[[int, torch.Generator | None], dict[str, torch.Tensor]] | None = None
+
+    # what the objective is ---------------------------------------------------------------------
+    @classmethod
+    def unsupported_reason(cls, encoder_cls: type[Encoder]) -> str | None:
+        """Why ``encoder_cls`` (a backbone family) cannot run this objective, or None when it can."""
+        missing = sorted(cls.requires - encoder_cls.supports)
+        if not missing:
+            return None
+        return "; ".join(encoder_cls.lacks.get(m, f"it lacks {m}") for m in missing)
+
+    @classmethod
+    def check_encoder(cls, encoder: Encoder | type[Encoder]) -> None:
+        """Raise :class:`~sslvit.config.ConfigError` when the encoder's family cannot run this
+        objective, naming the reason and the objective x backbone pairs that work."""
+        encoder_cls = encoder if isinstance(encoder, type) else type(encoder)
+        reason = cls.unsupported_reason(encoder_cls)
+        if reason is None:
+            return
+        from sslvit.objectives.registry import supported_pairs
+
+        raise ConfigError(
+            f"objective {cls.name!r} cannot train a {encoder_cls.family!r} backbone: {reason}. "
+            f"Pairs that work: {supported_pairs()}"
+        )
+
+    @classmethod
+    def train_transform(cls, data: DataConfig) -> Any:
+        """The loader's image transform for training with this objective."""
+        from sslvit.data import pretrain_transform
+
+        return pretrain_transform(data.image_size, scale=tuple(data.crop_scale), hflip=data.hflip)
+
+    @classmethod
+    def card(cls, cfg: ObjectiveConfig | dict) -> str:
+        """One line for a model card: the objective and the settings it reports."""
+        get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+        return f"`{cls.name}` " + ", ".join(f"{k}={get(k)}" for k in cls.card_fields)
 
     # pixels -----------------------------------------------------------------------------------
     @staticmethod
@@ -72,9 +120,15 @@ class Objective(nn.Module):
         x = imgs.reshape(n, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1)
         return x.reshape(n, h * w, p * p * c)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, L, patch_size**2 * C) -> imgs: (N, C, H, W); inverse of ``patchify``."""
-        p, (h, w) = self.patch_size, self.grid
+    def unpatchify(
+        self, x: torch.Tensor, patch_size: int | None = None, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """x: (N, L, p**2 * C) -> imgs: (N, C, H, W); inverse of ``patchify``.
+
+        ``patch_size`` / ``grid`` default to the input patches; an encoder's coarser output tokens
+        pass ``output_stride`` / ``feature_grid``.
+        """
+        p, (h, w) = patch_size or self.patch_size, grid or self.grid
         n, c = x.shape[0], x.shape[-1] // (p * p)
         x = x.reshape(n, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(n, c, h * p, w * p)
@@ -111,6 +165,18 @@ class Objective(nn.Module):
     def flops_per_image(self) -> int:
         """Analytic forward FLOPs per image of the whole objective (multiply-add = 2)."""
         return self.encoder.flops_per_image()
+
+    def untrained_parameters(self) -> set[str]:
+        """Encoder parameters this objective's loss cannot reach (``encoder.`` names): those only
+        the pooled features use, unless the objective trains on pooled features."""
+        if self.uses_pooled_features:
+            return set()
+        return {f"encoder.{n}" for n in self.encoder.pool_only_parameters()}
+
+    def no_weight_decay(self) -> set[str]:
+        """The objective's own parameters that take no weight decay (mask tokens, fixed tables)."""
+        own = ("mask_token", "decoder_pos_embed")
+        return {n for n, _ in self.named_parameters() if n.split(".")[-1] in own}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """batch -> (scalar loss, metrics of python floats or detached 0-dim tensors)."""

@@ -7,32 +7,47 @@ Parameter names follow facebookresearch/mae (``decoder_embed``, ``mask_token``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sslvit.config import ObjectiveConfig
 from sslvit.masking import RandomMasker
+from sslvit.models.encoder import Encoder, visible_indices
 from sslvit.models.layers import Block, block_flops
 from sslvit.models.pos_embed import sincos_2d
-from sslvit.models.vit import VisionTransformer, visible_indices
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+
+
+@dataclass
+class MAEConfig(ObjectiveConfig):
+    """MAE: mask ratio, targets and the decoder."""
+
+    name: str = "mae"
+    mask_ratio: float = 0.75  # share of patches hidden per image, in (0, 1)
+    norm_pix_loss: bool = True  # targets normalised per patch (mean 0, std 1)
+    decoder_depth: int = 8  # decoder blocks
+    decoder_dim: int = 512  # decoder width
+    decoder_heads: int = 16  # decoder attention heads
 
 
 class MAE(Objective):
     """MSE on hidden patches of (per-patch normalised, by default) pixels, via a light decoder.
 
-    cfg: ``mask_ratio`` (default 0.75), ``norm_pix_loss``, ``decoder_depth``, ``decoder_dim``,
-    ``decoder_heads``. The decoder reuses the encoder's ``Block`` with fixed 2-D sin-cos positions.
+    cfg: :class:`MAEConfig`. The decoder reuses the encoder's ``Block`` with fixed 2-D sin-cos
+    positions. The encoder must drop hidden patches (capability ``token_drop``).
     """
 
     name = "mae"
-    default_mask_ratio = 0.75
+    Config = MAEConfig
+    requires = frozenset({"token_drop"})
+    card_fields = ("mask_ratio", "norm_pix_loss", "decoder_depth", "decoder_dim")
 
     def __init__(
         self,
-        encoder: VisionTransformer,
-        cfg: Any,
+        encoder: Encoder,
+        cfg: MAEConfig,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
@@ -40,7 +55,7 @@ class MAE(Objective):
         dim, prefix = cfg.decoder_dim, encoder.num_prefix_tokens
         self.norm_pix_loss = bool(cfg.norm_pix_loss)
         self.masker = RandomMasker(self.grid, self.mask_ratio)
-        self.decoder_embed = nn.Linear(encoder.embed_dim, dim)
+        self.decoder_embed = nn.Linear(encoder.num_features, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         table = torch.cat([torch.zeros(prefix, dim), sincos_2d(self.grid, dim)])[None]
         self.register_buffer("decoder_pos_embed", table, persistent=True)
@@ -131,6 +146,6 @@ class MAE(Objective):
         visible = self.num_patches - self.masker.num_masked
         dim, dec_tokens = self.decoder_embed.out_features, enc.num_prefix_tokens + self.num_patches
         flops = enc.flops_per_image(visible_patches=visible, include_head=False)
-        flops += 2 * (enc.num_prefix_tokens + visible) * enc.embed_dim * dim
+        flops += 2 * (enc.num_prefix_tokens + visible) * enc.num_features * dim
         flops += len(self.decoder_blocks) * block_flops(dec_tokens, dim, 4 * dim)
         return flops + 2 * dec_tokens * dim * self.decoder_pred.out_features

@@ -9,14 +9,16 @@ patch of the image, 10% kept) and the model predicts each corrupted patch's 3-bi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslvit.config import ObjectiveConfig
 from sslvit.masking import MPPCorruption
-from sslvit.models.vit import VisionTransformer
+from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
 
 TARGETS = ("color3bit", "color3bit_4x4", "l2_patch")
@@ -50,19 +52,33 @@ def color3bit_4x4_target(images01: torch.Tensor, patch_size: int) -> torch.Tenso
     return quantize3bit(small.flatten(2).transpose(1, 2)).reshape(n, -1, 16)
 
 
+@dataclass
+class MPPConfig(ObjectiveConfig):
+    """Masked patch prediction: how many patches are corrupted, how, and what is predicted."""
+
+    name: str = "mpp"
+    mask_ratio: float = 0.5  # share of patches corrupted per image, in (0, 1]
+    mpp_target: Literal["color3bit", "color3bit_4x4", "l2_patch"] = "color3bit"  # what is predicted
+    mpp_p_mask: float = 0.8  # share of corrupted patches replaced by the [mask] embedding
+    mpp_p_random: float = 0.1  # share replaced by another patch of the image (the rest stay)
+
+
 class MPP(Objective):
     """Corrupt patch embeddings, predict colour classes (or pixels) of the corrupted patches.
 
-    cfg: ``mask_ratio`` (default 0.5), ``mpp_p_mask``, ``mpp_p_random``, ``mpp_target``.
+    cfg: :class:`MPPConfig`. The encoder must take per-patch tokens from ``embed`` and give one
+    output token per patch (capability ``patch_tokens``).
     """
 
     name = "mpp"
-    default_mask_ratio = 0.5
+    Config = MPPConfig
+    requires = frozenset({"patch_tokens"})
+    card_fields = ("mask_ratio", "mpp_target")
 
     def __init__(
         self,
-        encoder: VisionTransformer,
-        cfg: Any,
+        encoder: Encoder,
+        cfg: MPPConfig,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
@@ -73,7 +89,7 @@ class MPP(Objective):
         self.masker = MPPCorruption(self.grid, self.mask_ratio, cfg.mpp_p_mask, cfg.mpp_p_random)
         self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, encoder.embed_dim), std=0.02))
         out = {"color3bit": NUM_COLORS, "color3bit_4x4": 16 * NUM_COLORS, "l2_patch": self.patch_size**2 * 3}
-        self.head = nn.Linear(encoder.embed_dim, out[self.target])
+        self.head = nn.Linear(encoder.num_features, out[self.target])
 
     def corrupt(self, tokens: torch.Tensor, action: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """tokens: (N, L, D), action / source: int64 (N, L) -> corrupted tokens (N, L, D)."""
@@ -114,7 +130,7 @@ class MPP(Objective):
         """batch with "image" and the corruption keys (drawn here if absent) -> (loss, {"loss", "acc"?})."""
         images01 = self.to01(batch["image"])
         mask, action, source = self.masks(batch, ("mask", "mpp_action", "mpp_source"))
-        tokens = self.corrupt(self.encoder.patch_embed(self.normalize(images01)), action, source)
+        tokens = self.corrupt(self.encoder.embed(self.normalize(images01)), action, source)
         z = self.encoder.forward_features(tokens)[:, self.encoder.num_prefix_tokens :]
         loss, metrics = self.loss_from_output(self.head(z), images01, mask, self.sample_weights(batch))
         return loss, {"loss": loss.detach(), **metrics}

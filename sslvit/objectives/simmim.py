@@ -4,49 +4,61 @@ predicts the raw (normalised) pixels; L1 loss on the hidden pixels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from sslvit.config import ObjectiveConfig
 from sslvit.masking import BlockMasker
-from sslvit.models.vit import VisionTransformer
+from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+
+
+@dataclass
+class SimMIMConfig(ObjectiveConfig):
+    """SimMIM: mask ratio and mask cell size."""
+
+    name: str = "simmim"
+    mask_ratio: float = 0.6  # share of mask cells hidden per image, in (0, 1)
+    mask_patch_size: int = 32  # side in pixels of a mask cell (a whole number of patches)
 
 
 class SimMIM(Objective):
     """Block-masked image modelling with a one-layer prediction head.
 
-    cfg: ``mask_ratio`` (default 0.6) and ``mask_patch_size`` (default 32 px cells; see
-    ``BlockMasker`` for the fallback on small images). The head is a linear map of each patch token
-    to ``patch_size**2 * 3`` pixels (a 1x1 convolution followed by pixel shuffle, in SimMIM's words).
+    cfg: :class:`SimMIMConfig` (see ``BlockMasker`` for the fallback on small images). The encoder
+    replaces hidden patch tokens by the learned mask token (capability ``mask_token``); the head is a
+    linear map of each output token to ``output_stride**2 * 3`` pixels (a 1x1 convolution followed
+    by pixel shuffle, in SimMIM's words), so hierarchical encoders (Swin: stride 32) work as well.
     """
 
     name = "simmim"
-    default_mask_ratio = 0.6
+    Config = SimMIMConfig
+    requires = frozenset({"mask_token"})
+    card_fields = ("mask_ratio", "mask_patch_size")
 
     def __init__(
         self,
-        encoder: VisionTransformer,
-        cfg: Any,
+        encoder: Encoder,
+        cfg: SimMIMConfig,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
         super().__init__(encoder, cfg, mean, std)
         self.masker = BlockMasker(self.grid, self.mask_ratio, cfg.mask_patch_size, self.patch_size)
         self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, 1, encoder.embed_dim), std=0.02))
-        self.decoder = nn.Linear(encoder.embed_dim, self.patch_size**2 * 3)
-
-    def embed(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """images: normalised (N, 3, H, W), mask: bool (N, L) -> patch tokens (N, L, D), hidden = mask token."""
-        tokens = self.encoder.patch_embed(images)
-        w = mask.unsqueeze(-1).to(tokens.dtype)
-        return tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+        self.stride = encoder.output_stride
+        self.feature_grid = tuple(encoder.feature_grid)
+        self.decoder = nn.Linear(encoder.num_features, self.stride**2 * 3)
 
     def predict(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """images: normalised (N, 3, H, W), mask: bool (N, L) -> predicted pixels (N, 3, H, W)."""
-        z = self.encoder.forward_features(self.embed(images, mask))[:, self.encoder.num_prefix_tokens :]
-        return self.unpatchify(self.decoder(z))
+        """images: normalised (N, 3, H, W), mask: bool (N, L) -> predicted pixels (N, 3, H, W).
+
+        Output tokens (N, L_out, F) -> (N, L_out, stride**2 * 3) -> pixels over the feature grid.
+        """
+        z = self.encoder.forward_features(images, mask, self.mask_token)[:, self.encoder.num_prefix_tokens :]
+        return self.unpatchify(self.decoder(z), self.stride, self.feature_grid)
 
     def loss_from_prediction(
         self,
@@ -75,4 +87,5 @@ class SimMIM(Objective):
     def flops_per_image(self) -> int:
         """Encoder on every patch + the linear pixel head (multiply-add = 2)."""
         flops = self.encoder.flops_per_image(include_head=False)
-        return flops + 2 * self.num_patches * self.decoder.in_features * self.decoder.out_features
+        out_tokens = self.feature_grid[0] * self.feature_grid[1]
+        return flops + 2 * out_tokens * self.decoder.in_features * self.decoder.out_features

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from sslvit.models.vit import VisionTransformer
+from sslvit.config import ObjectiveConfig
+from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+
+
+@dataclass
+class SupervisedConfig(ObjectiveConfig):
+    """Supervised classification: classes, loss and label mixing."""
+
+    name: str = "supervised"
+    num_classes: int = 0  # classes of the head; 0 = the encoder's own head
+    label_smoothing: float = 0.1  # label smoothing in [0, 1)
+    mixup_alpha: float = 0.0  # MixUp beta parameter; 0 = off
+    cutmix_alpha: float = 0.0  # CutMix beta parameter; 0 = off
+    loss: Literal["ce", "bce"] = "ce"  # softmax cross-entropy or sigmoid BCE (big_vision)
 
 
 class Supervised(Objective):
@@ -25,11 +39,15 @@ class Supervised(Objective):
     """
 
     name = "supervised"
+    Config = SupervisedConfig
+    needs_labels = True
+    uses_pooled_features = True
+    card_fields = ("label_smoothing", "mixup_alpha", "cutmix_alpha", "num_classes")
 
     def __init__(
         self,
-        encoder: VisionTransformer,
-        cfg: Any,
+        encoder: Encoder,
+        cfg: SupervisedConfig,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from data_helpers import REPO, make_items
 
-from sslvit.data.shards import ShardWriter, load_manifest, sha256_file, write_shards
+from sslvit.checkpoint import sha256_file
+from sslvit.data.shards import ShardWriter, load_manifest, write_shards
 from sslvit.data.tario import iter_shard
 
 
@@ -48,7 +49,7 @@ def test_manifest_counts_checksums_and_keys(clean_shards):
     assert names == ["clean-000000.tar", "clean-000001.tar", "clean-000002.tar", "clean-000003.tar",
                      "clean-000004.tar", "manifest.json"]
     for entry in manifest["shards"]:
-        digest, size = sha256_file(clean_shards.dir / entry["name"])
+        digest, size = sha256_file(clean_shards.dir / entry["name"]), (clean_shards.dir / entry["name"]).stat().st_size
         assert (digest, size) == (entry["sha256"], entry["bytes"])
         with tarfile.open(clean_shards.dir / entry["name"]) as tar:
             for name in tar.getnames():

@@ -68,16 +68,23 @@ def test_pth_with_pickled_objects_is_refused(tmp_path):
         load_encoder(EvalConfig(checkpoint=str(path), model="vit_pico_patch4"))
 
 
-def test_model_name_resolves_what_shapes_cannot(tmp_path):
-    # vit_pico_patch4 has 2 heads of width 16: the shapes alone suggest one 64-wide head at most.
+def test_head_count_comes_from_the_registered_variant_never_a_guess(tmp_path):
+    # vit_pico_patch4 has 2 heads of width 16; the tensor shapes cannot tell the head count
     model = _pico()
     path = tmp_path / "plain.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     x = torch.randn(2, 3, 32, 32)
-    guessed = load_encoder(EvalConfig(checkpoint=str(path)))
-    assert len(guessed.blocks) == 2 and not torch.allclose(guessed(x), model(x), atol=1e-4)
+    inferred = load_encoder(EvalConfig(checkpoint=str(path)))
+    assert inferred.blocks[0].attn.num_heads == 2 and inferred.arch == "vit_pico_patch4"
+    torch.testing.assert_close(inferred(x), model(x), rtol=0, atol=0)
     named = load_encoder(EvalConfig(checkpoint=str(path), model="vit_pico_patch4"))
     torch.testing.assert_close(named(x), model(x))
+    # a shape no variant has: refused, asking for the variant, instead of building a wrong model
+    odd = create_model("vit_pico_patch4", embed_dim=48, num_heads=3)
+    odd_path = tmp_path / "odd.safetensors"
+    save_file({k: v.contiguous() for k, v in odd.state_dict().items()}, str(odd_path))
+    with pytest.raises(CheckpointError, match=r"width 48, depth 2 .*head count is unknown.*--model"):
+        load_encoder(EvalConfig(checkpoint=str(odd_path)))
 
 
 def test_position_embeddings_of_another_grid_are_resampled(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sslvit.evaluate.features import encode, extract_features, pool_tokens
+from sslvit.evaluate.features import encode, extract_features
 from sslvit.models import create_model
 
 
@@ -19,7 +19,8 @@ def test_pooling_matches_the_encoder(model):
     torch.testing.assert_close(encode(model, x, "token"), tokens[:, 0])
     torch.testing.assert_close(encode(model, x, "avg"), tokens[:, 1:].mean(dim=1))
     assert encode(model, x, "token+avg").shape == (3, 64)
-    assert torch.equal(pool_tokens(tokens, "token+avg", 1)[:, :32], tokens[:, 0])
+    assert torch.equal(model.pool(tokens, "token+avg")[:, :32], tokens[:, 0])
+    torch.testing.assert_close(encode(model, x), tokens[:, 0])  # auto: the encoder's own pooling
 
 
 def test_last_k_concatenates_normed_block_outputs(model):

@@ -108,3 +108,36 @@ def test_evaluate_classifier_counts_valid_samples_only():
     result = evaluate_classifier(model, loader, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     assert result == {"top1": 60.0, "top5": 100.0, "samples": 5}
     assert model.training  # mode restored
+
+
+def test_every_backbone_fine_tunes_with_its_own_layer_ids(digits, tmp_path):
+    """One step on each family's pico variant: each parameter's group has the lr of its own layer id,
+    and every parameter moves, by at most that lr (Adam's first step is lr * g / (|g| + eps))."""
+    from sslvit.checkpoint import save_model
+    from sslvit.models import create_model, list_models
+    from sslvit.train import train
+
+    for name in ("swin_pico_patch2_window4_32", "poolformer_pico_32", "tnt_pico_patch4_32", "vit_pico_r_s4_32"):
+        assert name in list_models()
+        torch.manual_seed(0)
+        model = create_model(name)
+        checkpoint = save_model(model, tmp_path / name / "model.safetensors", model.get_config())
+        cfg, encoder, _ = prepare_finetune(_config(checkpoint, digits, tmp_path, f"train.name=ft-{name}"))
+        top = encoder.num_layers
+        expected = {n: PEAK * DECAY ** (top - encoder.layer_id(n)) for n, _ in encoder.named_parameters()}
+        assert len(set(expected.values())) >= 4, "several layers, several learning rates"
+        groups = param_groups(encoder, weight_decay=0.0, layer_decay=DECAY)
+        set_lr(torch.optim.AdamW(groups, lr=0.0), PEAK)
+        for group in groups:
+            for pname in group["names"]:
+                assert abs(group["lr"] - expected[pname]) < 1e-12, f"{name}: {pname}"
+        before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+        assert train(cfg, encoder=encoder).steps == 1
+        for pname, param in encoder.named_parameters():
+            delta = (param.detach().cpu() - before[pname]).abs().max().item()
+            if name.startswith("poolformer") and pname.endswith("norm1.bias"):
+                # the pooling mixer is pool(x) - x: a constant shift before it cancels, so this bias
+                # has no gradient by construction (in timm's PoolFormer too)
+                assert delta < expected[pname] * 1e-3
+                continue
+            assert 0 < delta <= expected[pname] * 1.001 + 2.5e-7, f"{name}: {pname} moved {delta}"

@@ -7,9 +7,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sslvit.config import ObjectiveConfig
 from sslvit.models import create_model
-from sslvit.objectives import Objective, build_objective
+from sslvit.objectives import Objective, build_objective, objective_config
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 TINY_DECODER = dict(decoder_depth=1, decoder_dim=16, decoder_heads=2)
@@ -25,7 +24,7 @@ def tiny_objective(name: str, encoder_kwargs: dict | None = None, **cfg_kwargs) 
     if name == "supervised":
         cfg_kwargs.setdefault("num_classes", 5)
     encoder = create_model("vit_pico_patch4", img_size=16, **(encoder_kwargs or {}))
-    return build_objective(ObjectiveConfig(name=name, **cfg_kwargs), encoder, MEAN, STD)
+    return build_objective(objective_config(name, **cfg_kwargs), encoder, MEAN, STD)
 
 
 def tiny_batch(objective: Objective, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslvit.config import ObjectiveConfig
 from sslvit.models import create_model
-from sslvit.objectives import OBJECTIVES, build_objective
+from sslvit.objectives import OBJECTIVES, build_objective, objective_config
 
 CASES = [
     ("mae", {}, {}),
@@ -93,7 +92,7 @@ def test_masks_drawn_when_the_batch_has_none(make_objective, make_batch):
 def test_flops_order_of_the_objectives():
     encoder_flops = {}
     for name in OBJECTIVES:
-        cfg = ObjectiveConfig(name=name, num_classes=1000 if name == "supervised" else 0)
+        cfg = objective_config(name, **({"num_classes": 1000} if name == "supervised" else {}))
         with torch.device("meta"):
             objective = build_objective(cfg, create_model("vit_base_patch16"))
         encoder_flops[name] = objective.flops_per_image()
@@ -104,7 +103,18 @@ def test_flops_order_of_the_objectives():
 
 
 def test_unknown_objective_is_an_error():
-    cfg = ObjectiveConfig()
+    cfg = objective_config("mae")
     cfg.name = "byol"
-    with pytest.raises(ValueError, match="mae"):
+    with pytest.raises(ValueError, match="unknown objective 'byol'; known: mae, mpp, simmim, supervised"):
         build_objective(cfg, create_model("vit_pico_patch4"))
+
+
+def test_an_objective_takes_only_its_own_config_section():
+    with pytest.raises(TypeError, match="SimMIMConfig"):
+        build_objective(_renamed("mae", "simmim"), create_model("vit_pico_patch4"))
+
+
+def _renamed(src: str, dst: str):
+    cfg = objective_config(src)
+    cfg.name = dst
+    return cfg

@@ -24,9 +24,6 @@ from torch import nn
 from sslvit import config as config_lib
 from sslvit.checkpoint import load_checkpoint
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def opt(default: Any, help: str) -> Any:
     """A dataclass field with a default and its ``--help`` text."""

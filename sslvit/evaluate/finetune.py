@@ -1,9 +1,9 @@
 """Full fine-tuning of a pretrained encoder with a fresh classification head, validated every epoch.
 
 Built on :func:`sslvit.train.train` with the supervised objective (label smoothing, MixUp, CutMix)
-and layer-wise learning-rate decay (``optim.layer_decay``; patch / position embeddings are layer 0,
-``blocks.i`` layer ``i + 1``, the final norm and head ``depth + 1``, so a parameter's lr is
-``peak * decay ** (depth + 1 - layer)``). Drop path comes from ``model.drop_path_rate``; a
+and layer-wise learning-rate decay (``optim.layer_decay``; the encoder's own ``layer_id``: embeddings
+are layer 0, blocks count up with depth (across stages for Swin and PoolFormer), the final norm and
+head are ``num_layers``, so a parameter's lr is ``peak * decay ** (num_layers - layer)``). Drop path comes from ``model.drop_path_rate``; a
 ``data.image_size`` other than the checkpoint's resamples the position embeddings. The run
 directory is a normal run (``model.safetensors``, ``config.yaml``, ``metrics.jsonl``) plus
 ``finetune.json`` with the validation history.

@@ -44,16 +44,6 @@ _POS_AT_ALLOWED = {
     "relative": ("input",),
     "none": ("input",),
 }
-TIMM_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base",
-              (1024, 24, 16): "large", (1280, 32, 16): "huge"}
-TIMM_VARIANTS = {
-    "vit_tiny_patch16_224", "vit_tiny_patch16_384", "vit_small_patch32_224", "vit_small_patch32_384",
-    "vit_small_patch16_224", "vit_small_patch16_384", "vit_small_patch8_224", "vit_base_patch32_224",
-    "vit_base_patch32_384", "vit_base_patch16_224", "vit_base_patch16_384", "vit_base_patch8_224",
-    "vit_large_patch32_224", "vit_large_patch32_384", "vit_large_patch16_224", "vit_large_patch16_384",
-    "vit_huge_patch14_224",
-}
-TIMM_CARRIER = "vit_base_patch16_224"
 
 
 def _table(*shape: int) -> nn.Parameter:
@@ -396,73 +386,23 @@ class VisionTransformer(Encoder):
             flops += 2 * dim * dim
         return flops + 2 * dim * self.num_classes
 
-    # timm -------------------------------------------------------------------------------------
+    # timm and foreign checkpoints -------------------------------------------------------------
     def timm_spec(self) -> dict[str, Any] | str:
-        """timm's ``VisionTransformer``: the matching variant name when width / depth / heads / patch /
-        size are standard (``vit_base_patch16_224``), else ``vit_base_patch16_224`` as the entry
-        point with every argument in ``model_args``; a reason where timm cannot express the model."""
-        cfg = self._config
-        if cfg["pos_embed"] not in ("learned", "sincos") or cfg["pos_embed_at"] != "input":
-            return f"pos_embed={cfg['pos_embed']!r} at {cfg['pos_embed_at']!r} has no timm equivalent"
-        if cfg["head_type"] == "pre_logits" and cfg["num_classes"] > 0:
-            return "the tanh pre-logits head has no timm equivalent"
-        if abs(float(cfg["norm_eps"]) - 1e-6) > 1e-12:
-            return f"norm_eps={cfg['norm_eps']} differs from timm's 1e-6"
-        h, w = self.img_size
-        size = TIMM_SIZES.get((cfg["embed_dim"], cfg["depth"], cfg["num_heads"]))
-        architecture, exact = TIMM_CARRIER, False
-        for res in (h if h == w else None, 224):
-            name = f"vit_{size}_patch{cfg['patch_size']}_{res}"
-            if size and res and name in TIMM_VARIANTS:
-                architecture, exact = name, True
-                break
-        args = {
-            "img_size": h if h == w else [h, w], "patch_size": cfg["patch_size"], "in_chans": cfg["in_chans"],
-            "embed_dim": cfg["embed_dim"], "depth": cfg["depth"], "num_heads": cfg["num_heads"],
-            "mlp_ratio": cfg["mlp_ratio"], "qkv_bias": cfg["qkv_bias"], "class_token": cfg["class_token"],
-            "global_pool": cfg["global_pool"], "fc_norm": False,
-        }  # sslvit normalises every token before pooling, as timm does with fc_norm=False
-        if cfg.get("layer_scale_init"):
-            args["init_values"] = cfg["layer_scale_init"]
-        return {"architecture": architecture, "model_args": args, "exact": exact}
+        """timm's ``VisionTransformer``: see :func:`sslvit.models.vit_timm.timm_spec`."""
+        from sslvit.models.vit_timm import timm_spec
 
-    # foreign checkpoints ----------------------------------------------------------------------
+        return timm_spec(self._config, self.img_size)
+
     @classmethod
     def owns_state_dict(cls, state: dict[str, torch.Tensor]) -> bool:
         return "patch_embed.proj.weight" in state and any(k.startswith("blocks.0.attn.qkv") for k in state)
 
     @classmethod
     def infer_config(cls, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Constructor arguments of a plain ViT state dict (timm / MAE / DeiT names).
+        """Constructor arguments of a plain ViT state dict: see :func:`sslvit.models.vit_timm.infer_config`."""
+        from sslvit.models.vit_timm import infer_config
 
-        Width, depth, patch size, MLP ratio, class token, image size (from the position table) and
-        classes are read off the tensors; the head count cannot be, so it comes from the registered
-        variant with the same width, depth and patch size, and a ``ValueError`` asks for the variant
-        name when there is none.
-        """
-        dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
-        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        same = [n for n, m in MODELS.items()
-                if (m.defaults["embed_dim"], m.defaults["depth"], m.defaults["patch_size"]) == (dim, depth, patch)]
-        if not same:
-            raise ValueError(
-                f"a ViT with width {dim}, depth {depth} and {patch} px patches is not a registered variant, "
-                "so its head count is unknown: pass the variant name (--model NAME) with num_heads"
-            )
-        class_token = "cls_token" in state
-        config: dict[str, Any] = {
-            **MODELS[sorted(same)[0]].defaults, "arch": sorted(same)[0], "in_chans": int(in_chans),
-            "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
-            "qkv_bias": "blocks.0.attn.qkv.bias" in state, "class_token": class_token,
-            "global_pool": "token" if class_token else "avg",
-            "num_classes": int(state["head.weight"].shape[0]) if "head.weight" in state else 0,
-        }
-        if "pos_embed" in state:
-            grid = int(round((state["pos_embed"].shape[1] - int(class_token)) ** 0.5))
-            config["img_size"] = grid * int(patch)
-        else:
-            config["pos_embed"] = "none"
-        return config
+        return infer_config(state, MODELS)
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Position tables of another grid resampled to this model's grid (prefix positions kept)."""

@@ -7,7 +7,7 @@
 Rows of families not run this time are kept from an earlier run under the same ``--out``.
 
 For each backbone family the script runs its digits recipe (``pipelines/configs/default.yaml`` for
-the ViT, ``pipelines/configs/<family>_digits.yaml`` for the others: at most 5 minutes each on 2
+the ViT, ``pipelines/configs/<family>_digits.yaml`` for the others: about 5 minutes each on 2
 idle cores), then puts the pretrained encoder and the same architecture randomly initialised in
 every position-coding form the family has (a random learned position table is noise, so the
 sin-cos table, or none, is tried too, and the best form is the baseline) through the linear probe

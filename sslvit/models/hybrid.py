@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.models import vit_timm
 from sslvit.models.encoder import Encoder
 from sslvit.models.layers import _pair, block_flops
 from sslvit.models.registry import variant
@@ -194,12 +195,9 @@ class HybridVisionTransformer(VisionTransformer):
                     f"bottlenecks, width 64, channels 256..2048, 32 groups, max-pool); this one has "
                     f"layers={list(layers)}, channels={channels}, width={cfg['backbone_width']}, "
                     f"groups={cfg['backbone_groups']}, pool={cfg['backbone_pool']}")
-        if cfg["pos_embed"] not in ("learned", "sincos") or cfg["pos_embed_at"] != "input":
-            return f"pos_embed={cfg['pos_embed']!r} at {cfg['pos_embed_at']!r} has no timm equivalent"
-        if cfg["head_type"] == "pre_logits" and cfg["num_classes"] > 0:
-            return "the tanh pre-logits head has no timm equivalent"
-        if abs(float(cfg["norm_eps"]) - 1e-6) > 1e-12:
-            return f"norm_eps={cfg['norm_eps']} differs from timm's 1e-6"
+        reason = vit_timm.unsupported(cfg)
+        if reason is not None:
+            return reason
         h, w = self.img_size
         size = TIMM_WIDTHS.get((cfg["embed_dim"], cfg["depth"], cfg["num_heads"]))
         vit_default = (cfg["mlp_ratio"] == 4.0 and cfg["qkv_bias"] and cfg["class_token"] and cfg["in_chans"] == 3
@@ -211,14 +209,7 @@ class HybridVisionTransformer(VisionTransformer):
             if size and res and name in TIMM_VARIANTS:
                 architecture, exact = name, vit_default
                 break
-        args = {
-            "img_size": h if h == w else [h, w], "in_chans": cfg["in_chans"], "embed_dim": cfg["embed_dim"],
-            "depth": cfg["depth"], "num_heads": cfg["num_heads"], "mlp_ratio": cfg["mlp_ratio"],
-            "qkv_bias": cfg["qkv_bias"], "class_token": cfg["class_token"], "global_pool": cfg["global_pool"],
-            "fc_norm": False,
-        }  # sslvit normalises every token before pooling, as timm does with fc_norm=False
-        if cfg["layer_scale_init"]:
-            args["init_values"] = cfg["layer_scale_init"]
+        args = vit_timm.model_args(cfg, self.img_size, patch_size=False)
         return {"architecture": architecture, "model_args": args, "exact": exact}
 
     @classmethod

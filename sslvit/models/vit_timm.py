@@ -24,14 +24,39 @@ TIMM_VARIANTS = {
 TIMM_CARRIER = "vit_base_patch16_224"
 
 
-def timm_spec(cfg: dict[str, Any], img_size: tuple[int, int]) -> dict[str, Any] | str:
-    """``{"architecture", "model_args", "exact"}`` for a ViT config, or the reason timm cannot build it."""
+def unsupported(cfg: dict[str, Any]) -> str | None:
+    """Why timm's ``VisionTransformer`` cannot express a ViT config (shared by the hybrid), or None."""
     if cfg["pos_embed"] not in ("learned", "sincos") or cfg["pos_embed_at"] != "input":
         return f"pos_embed={cfg['pos_embed']!r} at {cfg['pos_embed_at']!r} has no timm equivalent"
     if cfg["head_type"] == "pre_logits" and cfg["num_classes"] > 0:
         return "the tanh pre-logits head has no timm equivalent"
     if abs(float(cfg["norm_eps"]) - 1e-6) > 1e-12:
         return f"norm_eps={cfg['norm_eps']} differs from timm's 1e-6"
+    return None
+
+
+def model_args(cfg: dict[str, Any], img_size: tuple[int, int], patch_size: bool = True) -> dict[str, Any]:
+    """timm ``VisionTransformer`` keyword arguments that rebuild the ViT part of ``cfg`` exactly
+    (``patch_size`` left out for the hybrid, whose stem sets it)."""
+    h, w = img_size
+    args = {
+        "img_size": h if h == w else [h, w], "in_chans": cfg["in_chans"],
+        "embed_dim": cfg["embed_dim"], "depth": cfg["depth"], "num_heads": cfg["num_heads"],
+        "mlp_ratio": cfg["mlp_ratio"], "qkv_bias": cfg["qkv_bias"], "class_token": cfg["class_token"],
+        "global_pool": cfg["global_pool"], "fc_norm": False,
+    }  # sslvit normalises every token before pooling, as timm does with fc_norm=False
+    if patch_size:
+        args = {"patch_size": cfg["patch_size"], **args}
+    if cfg.get("layer_scale_init"):
+        args["init_values"] = cfg["layer_scale_init"]
+    return args
+
+
+def timm_spec(cfg: dict[str, Any], img_size: tuple[int, int]) -> dict[str, Any] | str:
+    """``{"architecture", "model_args", "exact"}`` for a ViT config, or the reason timm cannot build it."""
+    reason = unsupported(cfg)
+    if reason is not None:
+        return reason
     h, w = img_size
     size = TIMM_SIZES.get((cfg["embed_dim"], cfg["depth"], cfg["num_heads"]))
     architecture, exact = TIMM_CARRIER, False
@@ -40,15 +65,7 @@ def timm_spec(cfg: dict[str, Any], img_size: tuple[int, int]) -> dict[str, Any] 
         if size and res and name in TIMM_VARIANTS:
             architecture, exact = name, True
             break
-    args = {
-        "img_size": h if h == w else [h, w], "patch_size": cfg["patch_size"], "in_chans": cfg["in_chans"],
-        "embed_dim": cfg["embed_dim"], "depth": cfg["depth"], "num_heads": cfg["num_heads"],
-        "mlp_ratio": cfg["mlp_ratio"], "qkv_bias": cfg["qkv_bias"], "class_token": cfg["class_token"],
-        "global_pool": cfg["global_pool"], "fc_norm": False,
-    }  # sslvit normalises every token before pooling, as timm does with fc_norm=False
-    if cfg.get("layer_scale_init"):
-        args["init_values"] = cfg["layer_scale_init"]
-    return {"architecture": architecture, "model_args": args, "exact": exact}
+    return {"architecture": architecture, "model_args": model_args(cfg, img_size), "exact": exact}
 
 
 def infer_config(state: dict[str, torch.Tensor], models: Mapping[str, Callable]) -> dict[str, Any]:

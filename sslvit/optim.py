@@ -24,8 +24,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     """Split trainable parameters into AdamW groups.
 
     ``model`` is an encoder (``sslvit.models.encoder.Encoder``) or an objective holding one as
-    ``model.encoder``. No weight decay on norms, biases (every 1-D tensor) and what the encoder's and
-    the objective's ``no_weight_decay()`` name. With ``layer_decay`` each group also carries
+    ``model.encoder``. No weight decay on norms, biases (every 1-D tensor), ``NO_DECAY_NAMES`` (mask
+    tokens, fixed tables) and what the encoder's ``no_weight_decay()`` names. With ``layer_decay`` each
+    group also carries
     ``lr_scale = layer_decay ** (num_layers - layer_id)`` from the encoder's ``layer_id`` (the
     objective's own parameters, such as a decoder, count as the last layer). Each group dict has
     ``params``, ``weight_decay``, ``lr_scale`` and ``names``.

@@ -173,11 +173,6 @@ class Objective(nn.Module):
             return set()
         return {f"encoder.{n}" for n in self.encoder.pool_only_parameters()}
 
-    def no_weight_decay(self) -> set[str]:
-        """The objective's own parameters that take no weight decay (mask tokens, fixed tables)."""
-        own = ("mask_token", "decoder_pos_embed")
-        return {n for n, _ in self.named_parameters() if n.split(".")[-1] in own}
-
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """batch -> (scalar loss, metrics of python floats or detached 0-dim tensors)."""
         raise NotImplementedError

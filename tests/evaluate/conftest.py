@@ -1,4 +1,5 @@
-"""Shared fixtures of the evaluator tests: one CPU thread per test, tiny checkpoints."""
+"""Shared fixtures of the evaluator tests: tiny checkpoints and the digits corpus (one CPU thread per
+test comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,6 @@ import torch
 
 from sslvit.checkpoint import save_model
 from sslvit.models import create_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@
 
 Rows of families not run this time are kept from an earlier run under the same ``--out``.
 
-For each backbone family the script runs its digits recipe (``pipelines/configs/default.yaml`` for
-the ViT, ``pipelines/configs/<family>_digits.yaml`` for the others: about 5 minutes each on 2
+For each backbone family the script runs its digits recipe (``sslvit/configs/default.yaml`` for
+the ViT, ``sslvit/configs/<family>_digits.yaml`` for the others: about 5 minutes each on 2
 idle cores), then puts the pretrained encoder and the same architecture randomly initialised in
 every position-coding form the family has (a random learned position table is noise, so the
 sin-cos table, or none, is tried too, and the best form is the baseline) through the linear probe
@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from digits_quality import pixel_logistic_regression, pretrain, run  # noqa: E402
 
 RECIPES = {
-    "vit": "pipelines/configs/default.yaml",
-    "hybrid": "pipelines/configs/hybrid_digits.yaml",
-    "tnt": "pipelines/configs/tnt_digits.yaml",
-    "swin": "pipelines/configs/swin_digits.yaml",
-    "poolformer": "pipelines/configs/poolformer_digits.yaml",
+    "vit": "sslvit/configs/default.yaml",
+    "hybrid": "sslvit/configs/hybrid_digits.yaml",
+    "tnt": "sslvit/configs/tnt_digits.yaml",
+    "swin": "sslvit/configs/swin_digits.yaml",
+    "poolformer": "sslvit/configs/poolformer_digits.yaml",
 }
 # the random-initialisation forms of each family: constructor overrides (position coding)
 RANDOM_FORMS: dict[str, dict[str, dict]] = {

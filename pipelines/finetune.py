@@ -1,7 +1,7 @@
 """Fine-tune a pretrained encoder with a new classification head.
 
     accelerate launch pipelines/finetune.py --checkpoint runs/NAME/model.safetensors [overrides]
-    accelerate launch pipelines/finetune.py --config pipelines/configs/finetune_mae_vit_base.yaml --checkpoint PATH
+    accelerate launch pipelines/finetune.py --config sslvit/configs/finetune_mae_vit_base.yaml --checkpoint PATH
 
 Layer-wise lr decay, drop path, MixUp / CutMix, label smoothing; validation after every epoch. The
 run directory (train.out_dir / train.name) holds model.safetensors, config.yaml, metrics.jsonl and

@@ -4,7 +4,7 @@
     python pipelines/pretrain.py [--config FILE] [overrides]
 
 With no arguments: MAE on the built-in handwritten-digits corpus with a small ViT
-(pipelines/configs/default.yaml), a few minutes on 2 CPU cores. Overrides are
+(sslvit/configs/default.yaml), a few minutes on 2 CPU cores. Overrides are
 `section.key=value` or `--section.key value`, e.g. `train.steps=200 --data.batch_size 64`.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sslvit import config as config_lib  # noqa: E402
 from sslvit.config import ConfigError, RunConfig  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "sslvit" / "configs" / "default.yaml"
 
 
 def _sections_help() -> str:

@@ -40,6 +40,8 @@ class DataConfig:
     shuffle_buffer: int = 1000
     crop_scale: tuple[float, float] = (0.2, 1.0)
     hflip: bool = True
+    label_key: str = ""  # "" = labels from the .cls member; else a field of the .json member (dotted path)
+    key_dot: Literal["first", "last"] = "first"  # where a member name splits into sample key and extension
     mean: tuple[float, float, float] | None = None  # None = from the manifest, else ImageNet's
     std: tuple[float, float, float] | None = None
 
@@ -124,7 +126,11 @@ class TrainConfig:
     name: str = ""  # "" = objective-model-timestamp
     resume: str = ""  # "" = start fresh, "latest", or a checkpoint directory
     trackers: tuple[str, ...] = ("tensorboard",)
+    project: str = "sslvit"  # tracker project name; the run name is train.name
     progress: bool = True
+    overwrite: bool = False  # allow a fresh run into a run directory that already holds outputs
+    eval_every: int = 0  # optimizer steps between online kNN evaluations on data.val_shards; 0 = off
+    eval_probe: bool = False  # online evaluation also fits the linear probe
 
 
 @dataclass

@@ -6,7 +6,7 @@ import yaml
 from sslvit import config as config_lib
 from sslvit.config import ConfigError, RunConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sslvit" / "configs").glob("*.yaml"))
 
 
 def test_defaults_and_overrides_in_both_forms():

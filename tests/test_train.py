@@ -17,7 +17,7 @@ from sslvit.checkpoint import read_metadata
 from sslvit.train_state import ResumeError, list_checkpoints, validate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "pipelines" / "configs" / "default.yaml"
+DEFAULT_CONFIG = ROOT / "sslvit" / "configs" / "default.yaml"
 TINY = [
     "model.name=vit_pico_patch4",
     "objective.decoder_depth=1",

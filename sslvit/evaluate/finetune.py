@@ -52,7 +52,7 @@ class FinetuneConfig(RunConfig):
     """A run config plus a ``finetune`` section. The defaults fine-tune a small encoder on the built-in
     digits corpus in minutes on a CPU (20 epochs, batch 32, peak lr 1e-3, layer decay 0.75, drop path
     0.1, label smoothing 0.1; MixUp / CutMix off, as they slow such short runs down); the ImageNet
-    recipe is pipelines/configs/finetune_mae_vit_base.yaml."""
+    recipe is sslvit/configs/finetune_mae_vit_base.yaml."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=32, crop_scale=(0.5, 1.0), hflip=False))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="", drop_path_rate=0.1))

@@ -58,7 +58,7 @@ def test_hf_dataset_becomes_cached_shards(tmp_path):
 
 
 def test_nested_defaults_survive_overrides(tmp_path):
-    cfg = load_config(FinetuneConfig, ROOT / "pipelines" / "configs" / "finetune_mae_vit_base.yaml",
+    cfg = load_config(FinetuneConfig, ROOT / "sslvit" / "configs" / "finetune_mae_vit_base.yaml",
                       ["objective.mixup_alpha=0.5", "--finetune.checkpoint", "x.pth"])
     assert cfg.objective.name == "supervised" and cfg.objective.mixup_alpha == 0.5
     assert (cfg.optim.base_lr, cfg.optim.layer_decay, cfg.data.batch_size) == (5e-4, 0.65, 128)

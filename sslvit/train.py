@@ -21,21 +21,38 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from sslvit import config as config_lib
 from sslvit.checkpoint import save_model
 from sslvit.config import RunConfig
 from sslvit.data_setup import resolve_train_data
+from sslvit.evaluate.online import OnlineEval
+from sslvit.evaluate.online import describe as online_describe
 from sslvit.optim import build_optimizer, lr_at, set_lr
-from sslvit.runtime import make_accelerator, resolve_run_dir, start_processes
+from sslvit.runtime import (
+    init_trackers,
+    make_accelerator,
+    progress,
+    resolve_launch_options,
+    resolve_run_dir,
+    start_processes,
+)
 from sslvit.throughput import mfu
 from sslvit.train_state import (
+    Checkpoint,
+    ResumeError,
+    RunRecord,
     TrainerState,
+    all_finite,
+    config_changes,
+    describe_layout,
     find_resume_point,
+    last_finite_checkpoint,
+    restore_rng,
     save_training_state,
+    shard_set,
     validate_checkpoint,
 )
 
@@ -72,22 +89,12 @@ MODEL_OPTIONS = ("patch_size", "global_pool", "pos_embed", "pos_embed_at", "clas
 
 def check_model_config(cfg: RunConfig) -> None:
     """Refuse, before any work, an unknown model, options its family does not take and an
-    objective x backbone pair that cannot train (``ConfigError`` naming the key or the pairs)."""
-    import inspect
+    objective x backbone pair that cannot train (``ConfigError`` naming the key or the pairs): the
+    model checks :func:`sslvit.config.load` runs, repeated for configs built in code."""
+    from sslvit.config import check_values
 
-    from sslvit.config import ConfigError
-    from sslvit.models import FAMILIES, list_models, model_family
-    from sslvit.objectives import check_pair
-
-    try:
-        family = model_family(cfg.model.name)
-    except KeyError:
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; known: {', '.join(list_models())}") from None
-    takes = inspect.signature(FAMILIES[family].__init__).parameters
-    for key in MODEL_OPTIONS:
-        if getattr(cfg.model, key) is not None and key not in takes:
-            raise ConfigError(f"model.{key}: the {family} family ({cfg.model.name}) has no such option")
-    check_pair(cfg.objective.name, family)
+    check_values(cfg.model, "model")
+    RunConfig.check(cfg, "")
 
 
 def build_encoder(cfg: RunConfig) -> nn.Module:
@@ -146,43 +153,191 @@ def _log(accelerator: Accelerator, run_dir: Path, step: int, values: dict[str, f
         f.write(json.dumps({"step": step, **values}) + "\n")
 
 
+def _accumulate(sums: dict[str, torch.Tensor], metrics: dict[str, Any], batch: dict) -> torch.Tensor:
+    """Add each metric times this rank's number of valid samples to ``sums`` (on the device, no
+    host sync) and return that number: padding samples (``valid == False``) weigh nothing."""
+    valid = batch.get("valid")
+    n = valid.sum().float() if isinstance(valid, torch.Tensor) else torch.tensor(
+        float(batch["image"].shape[0]), device=batch["image"].device
+    )
+    for key, value in metrics.items():
+        value = torch.as_tensor(value, device=n.device).detach().float()
+        sums[key] = sums[key] + value * n if key in sums else value * n
+    return n
+
+
+def _rank_means(accelerator: Accelerator, sums: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, float]:
+    """Each metric's mean over the valid samples of every rank (one reduce, one host sync).
+
+    Every rank must report the same metric names (an objective's metrics are fixed by its config).
+    With no valid sample anywhere the means are undefined and none is returned.
+    """
+    names = sorted(sums)
+    packed = torch.stack([sums[k] for k in names] + [weight])  # (len(names) + 1,)
+    if accelerator.num_processes > 1:
+        packed = accelerator.reduce(packed, reduction="sum")
+    *totals, count = packed.tolist()
+    if count <= 0:
+        return {}
+    return {k: v / count for k, v in zip(names, totals, strict=True)}
+
+
+def _shard_set(spec: Any) -> list[list[Any]] | None:
+    from sslvit.data import resolve
+
+    try:
+        found = resolve(spec)
+    except (OSError, ValueError):
+        return None
+    return shard_set(list(found.urls), list(found.counts) if found.counts is not None else None)
+
+
+def _run_record(cfg: RunConfig, world_size: int, accum: int, shards: list[list[Any]] | None) -> RunRecord:
+    """What a checkpoint records of its run: the resolved config with the gradient accumulation in
+    effect, the world size and the shard set."""
+    config = config_lib.to_dict(cfg)
+    config["train"]["grad_accum"] = accum
+    return RunRecord(config, world_size, shards)
+
+
+def _choose_resume(cfg: RunConfig, processes: Any, wanted: RunRecord) -> Checkpoint | None:
+    """The verified checkpoint ``train.resume`` names (the main process verifies, every rank reads
+    the state), or None for a fresh run; what was skipped on the way is said once."""
+    if not cfg.train.resume:
+        return None
+    box: list[Any] = [None, ""]
+    if processes.is_main_process:
+        try:
+            found = find_resume_point(
+                cfg.train.resume, Path(cfg.train.out_dir), cfg.train.name, wanted, cfg.train.steps
+            )
+            box = [str(found.path), found.notes] if found is not None else [None, ""]
+        except ResumeError as err:
+            box = [None, str(err)]
+    if processes.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    path, notes = box
+    if path is None:
+        raise ResumeError(notes)
+    if processes.is_main_process:
+        for note in notes:
+            print(note, flush=True)
+    return validate_checkpoint(Path(path), cfg.train.steps, verify_files=False)
+
+
+def _record_resume(run_dir: Path, resume: Checkpoint, wanted: RunRecord, cfg: RunConfig) -> None:
+    """Keep ``config.yaml`` describing the first steps; write this resume's config beside it when
+    anything but ``train.resume`` changed, and one ``resume`` line in ``metrics.jsonl``."""
+    import yaml
+
+    saved = resume.record
+    if not (run_dir / "config.yaml").exists():
+        if saved is not None:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(saved.config, sort_keys=False))
+        else:
+            config_lib.save(cfg, run_dir / "config.yaml")
+    changed: list[str] = []
+    layout = None
+    if saved is not None:
+        _, allowed = config_changes(saved, wanted)
+        changed = [c for c in allowed if not c.startswith(("train.resume:", "train.name: ''"))]
+        layout = describe_layout(saved, wanted)
+    line: dict[str, Any] = {"event": "resume", "step": resume.state.step, "from": str(resume.path)}
+    if changed:
+        name = f"config.resume-{resume.state.step:07d}.yaml"
+        config_lib.save(cfg, run_dir / name)
+        line.update(config=name, changed=changed)
+        print(f"resume at step {resume.state.step} changes {'; '.join(changed)} (written to {run_dir / name})")
+    if layout:
+        line["layout"] = layout
+        print(layout, flush=True)
+    _drop_metrics_after(run_dir / "metrics.jsonl", resume.state.step)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Remove from ``path`` the step lines an interrupted attempt logged after checkpoint ``step``:
+    the resumed run logs those steps again (identically), so each step appears once. Says so."""
+    if not path.exists():
+        return
+    kept, dropped = [], 0
+    for raw in path.read_text().splitlines():
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError:
+            dropped += 1  # a line cut short by the kill
+            continue
+        if "event" not in entry and isinstance(entry.get("step"), int) and entry["step"] > step:
+            dropped += 1
+            continue
+        kept.append(raw)
+    if dropped:
+        path.write_text("".join(line + "\n" for line in kept))
+        print(f"metrics.jsonl: dropped {dropped} line(s) the interrupted run logged after step {step}; "
+              "they are logged again as the run repeats those steps", flush=True)
+
+
+def _load_resume(accelerator: Accelerator, resume: Checkpoint, seed: int) -> None:
+    """Load weights, optimizer and RNG states from ``resume``; a failure names the checkpoint."""
+    try:
+        accelerator.load_state(str(resume.path))
+    except Exception as err:  # the checkpoint was verified; anything failing here is reported as is
+        raise ResumeError(f"cannot resume: loading {resume.path} failed ({type(err).__name__}: {err})") from err
+    step = resume.state.step
+
+    def seed_of(rank: int) -> int:
+        return (seed * 1_000_003 + step * 7919 + rank) % 2**63
+
+    note = restore_rng(resume.path, accelerator.process_index, resume.state.world_size, seed_of)
+    if note:
+        print(note, flush=True)
+    _say(accelerator, f"resumed from {resume.path} at step {step}")
+
+
 def train(
     cfg: RunConfig,
     encoder: nn.Module | None = None,
     on_epoch_end: Callable[[EpochContext], dict[str, float]] | None = None,
     on_step_end: Callable[[int], None] | None = None,
+    desc: str = "pretrain",
 ) -> RunResult:
     """Run ``cfg`` to ``train.steps`` optimizer steps and return where the outputs are.
 
     ``encoder`` replaces the one ``cfg.model`` would build (fine-tuning a pretrained encoder).
     ``on_epoch_end`` runs on every rank after each epoch; the metrics it returns are logged.
     ``on_step_end(step)`` runs after each optimizer step (and its checkpoint, if one is due).
+    ``desc`` labels the progress bar. ``train.eval_every`` > 0 adds online kNN evaluation
+    (:mod:`sslvit.evaluate.online`).
     """
     from sslvit.objectives import build_objective
 
     if encoder is None:
         check_model_config(cfg)
     processes = start_processes()
-    out_dir = Path(cfg.train.out_dir)
-    resume_from = find_resume_point(cfg.train.resume, out_dir / (cfg.train.name or "_"), out_dir)
-    if resume_from is not None and not cfg.train.name:
-        cfg = replace(cfg, train=replace(cfg.train, name=resume_from.parent.parent.name))
-    run_dir = resolve_run_dir(cfg, processes)
-    accelerator = make_accelerator(cfg, run_dir)
+    options = resolve_launch_options(cfg)
+    accum = options.grad_accum
+    data = resolve_train_data(cfg, processes)
+    shards = _shard_set(data.shards)
+    resume = _choose_resume(cfg, processes, _run_record(cfg, processes.num_processes, accum, shards))
+    if resume is not None and not cfg.train.name:
+        cfg = replace(cfg, train=replace(cfg.train, name=resume.path.parent.parent.name))
+    record = _run_record(cfg, processes.num_processes, accum, shards)
+    run_dir = resolve_run_dir(cfg, processes, resuming=resume is not None)
+    accelerator = make_accelerator(cfg, run_dir, options)
     start = (
-        validate_checkpoint(resume_from, accelerator.num_processes)
-        if resume_from is not None
+        replace(resume.state, world_size=accelerator.num_processes)
+        if resume is not None
         else TrainerState(step=0, micro_batch=0, world_size=accelerator.num_processes)
     )
 
     set_seed(cfg.train.seed)
-    data = resolve_train_data(cfg, accelerator)
     encoder = encoder if encoder is not None else build_encoder(cfg)
     objective = build_objective(cfg.objective, encoder, data.mean, data.std)
     loader = data.make_loader(masker=getattr(objective, "masker", None))
     _freeze_untrained(accelerator, objective)
+    online = OnlineEval.from_config(cfg, accelerator, data.mean, data.std)
 
-    accum = cfg.train.grad_accum
     steps_per_epoch = max(1, len(loader) // accum)
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     warmup = (
@@ -198,38 +353,39 @@ def train(
     objective, optimizer = accelerator.prepare(objective, optimizer)
     plain = accelerator.unwrap_model(objective)
 
+    if start.step > total_steps:
+        raise ResumeError(
+            f"cannot resume: {resume.path} is at step {start.step}, beyond this run's {total_steps} steps"  # type: ignore[union-attr]
+        )
     resolved = config_lib.to_dict(cfg)
     if accelerator.is_main_process:
-        config_lib.save(cfg, run_dir / "config.yaml")
-        if start.step == 0 and (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
+        if resume is None:  # train.overwrite is a one-time choice: a rerun of config.yaml is refused again
+            config_lib.save(replace(cfg, train=replace(cfg.train, overwrite=False)), run_dir / "config.yaml")
+            if (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").unlink()
+        else:
+            _record_resume(run_dir, resume, record, cfg)
     if accelerator.is_main_process and accelerator.log_with:
         flat = {
             f"{s}.{k}": (str(v) if isinstance(v, (list, tuple)) or v is None else v)
             for s, sec in resolved.items()
             for k, v in sec.items()
         }
-        accelerator.init_trackers("sslvit", config=flat)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        _say(accelerator, f"resumed from {resume_from} at step {start.step}")
+        init_trackers(accelerator, cfg, run_dir.name, flat)
+    if resume is not None:
+        _load_resume(accelerator, resume, cfg.train.seed)
 
     _say(
         accelerator,
         f"run {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device} | "
         f"{data.num_samples} samples, {len(loader)} batches/epoch/rank, {total_steps} steps, "
-        f"global batch {global_batch}, peak lr {peak_lr:.3g}",
+        f"global batch {global_batch}, peak lr {peak_lr:.3g} | {options.describe()}"
+        + (f" | {online_describe(online)}" if online is not None else ""),
     )
     flops_per_image = plain.flops_per_image() if hasattr(plain, "flops_per_image") else None
     stream = _batches(loader, start.micro_batch)
     state = start
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        disable=not (accelerator.is_main_process and cfg.train.progress),
-        desc="pretrain",
-        dynamic_ncols=True,
-    )
+    bar = progress(total=total_steps, initial=state.step, enabled=cfg.train.progress, desc=desc, unit="step")
     window_start, window_images = time.perf_counter(), 0
     epoch_now = state.micro_batch // len(loader)
     objective.train()
@@ -237,7 +393,8 @@ def train(
         lr = lr_at(state.step, peak_lr, total_steps, warmup, cfg.optim.min_lr, cfg.optim.schedule)
         set_lr(optimizer, lr)
         step_loss = torch.zeros((), device=accelerator.device)
-        metrics: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
+        weight = torch.zeros((), device=accelerator.device)
         for micro in range(accum):
             epoch, _, batch = next(stream)
             if epoch != epoch_now:
@@ -249,6 +406,7 @@ def train(
                 loss, metrics = objective(batch)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
+            weight = weight + _accumulate(sums, {**metrics, "loss": loss}, batch)
             window_images += batch["image"].shape[0]
         state = replace(state, micro_batch=state.micro_batch + accum)
         finite = torch.isfinite(step_loss).float()
@@ -257,9 +415,10 @@ def train(
         if finite.item() < 1.0:
             optimizer.zero_grad(set_to_none=True)
             state = replace(state, nonfinite_skipped=state.nonfinite_skipped + 1)
-            if state.nonfinite_skipped > cfg.train.max_nonfinite:
+            weights_finite = all_finite(accelerator, [objective], optimizer)
+            if state.nonfinite_skipped > cfg.train.max_nonfinite or not weights_finite:
                 bar.close()
-                _raise_nonfinite(run_dir, state.step + 1, step_loss.item())
+                _raise_nonfinite(run_dir, state.step + 1, step_loss.item(), weights_finite)
             _say(
                 accelerator,
                 f"step {state.step + 1}: non-finite loss, step skipped "
@@ -274,11 +433,12 @@ def train(
         state = replace(state, step=state.step + 1)
         bar.update(1)
         if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-            loss_mean = accelerator.reduce(step_loss, reduction="mean").item()
+            means = _rank_means(accelerator, sums, weight)
+            loss_mean = means.pop("loss", float("nan"))
             elapsed = time.perf_counter() - window_start
             images_per_s = window_images * accelerator.num_processes / max(elapsed, 1e-9)
             values = {"loss": loss_mean, "lr": lr, "images_per_s": images_per_s, "epoch": epoch_now}
-            values.update({k: float(v) for k, v in metrics.items()})
+            values.update(means)
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
             utilisation = mfu(flops_per_image, images_per_s, accelerator)
@@ -287,8 +447,15 @@ def train(
             _log(accelerator, run_dir, state.step, values)
             bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
             window_start, window_images = time.perf_counter(), 0
+        if online is not None and online.due(state.step, total_steps):
+            eval_start = time.perf_counter()
+            _log(accelerator, run_dir, state.step, online(plain.encoder))
+            window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
         if cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < total_steps:
-            save_training_state(accelerator, run_dir, state, cfg.train.keep_last)
+            if not all_finite(accelerator, [objective], optimizer):
+                bar.close()
+                _raise_nonfinite_weights(run_dir, state.step)
+            save_training_state(accelerator, run_dir, state, cfg.train.keep_last, record)
         if on_step_end is not None:
             on_step_end(state.step)
     bar.close()
@@ -309,14 +476,30 @@ def _freeze_untrained(accelerator: Accelerator, objective: nn.Module) -> None:
         _say(accelerator, f"frozen (the {objective.name} loss cannot reach them): {', '.join(frozen)}")
 
 
-def _raise_nonfinite(run_dir: Path, step: int, value: float) -> None:
-    from sslvit.train_state import list_checkpoints
+def _last_good(run_dir: Path) -> str:
+    found, skipped = last_finite_checkpoint(run_dir)
+    note = f" ({'; '.join(skipped)})" if skipped else ""
+    return (f"the last good checkpoint is {found}" if found else "no checkpoint with finite weights was written before it") + note
 
-    found = list_checkpoints(run_dir)
-    last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written before it"
+
+def _raise_nonfinite(run_dir: Path, step: int, value: float, weights_finite: bool = True) -> None:
+    if not weights_finite:
+        raise NonFiniteLossError(
+            f"loss is {value} at step {step} and the parameters or optimizer state are non-finite (an earlier "
+            f"update made them so; skipping steps cannot recover); the run stopped ({_last_good(run_dir)}). "
+            "Lower optim.base_lr or set optim.clip_grad."
+        )
     raise NonFiniteLossError(
-        f"loss is {value} at step {step}; the run stopped ({last}). "
+        f"loss is {value} at step {step}; the run stopped ({_last_good(run_dir)}). "
         "Lower optim.base_lr, set optim.clip_grad, or allow skips with train.max_nonfinite."
+    )
+
+
+def _raise_nonfinite_weights(run_dir: Path, step: int) -> None:
+    raise NonFiniteLossError(
+        f"the parameters or optimizer state are non-finite after step {step} (its loss was finite, its update "
+        f"was not); checkpoint step {step} was not written and the run stopped ({_last_good(run_dir)}). "
+        "Lower optim.base_lr or set optim.clip_grad."
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 ONE_THREAD_DIRS = ("models", "evaluate")
 
@@ -18,3 +21,17 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_accelerate(monkeypatch):
+    """No ACCELERATE_* variables from the caller, and accelerate's process-wide state reset around the test."""
+    for key in list(os.environ):
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.delenv(key)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors, a shared machine
+    yield monkeypatch
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -15,21 +15,9 @@ from sslvit import config as config_lib
 from sslvit import load_checkpoint
 from sslvit.checkpoint import read_metadata
 from sslvit.train_state import ResumeError, list_checkpoints, validate_checkpoint
+from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "sslvit" / "configs" / "default.yaml"
-TINY = [
-    "model.name=vit_pico_patch4",
-    "objective.decoder_depth=1",
-    "objective.decoder_dim=32",
-    "objective.decoder_heads=2",
-    "data.batch_size=64",
-    "data.num_workers=1",
-    "train.progress=false",
-    "train.log_every=1",
-    "optim.warmup_steps=2",
-    "optim.base_lr=1e-3",
-]
+TINY = [*TINY_MAE, "data.batch_size=64", "data.num_workers=1"]
 
 
 def _env(tmp_path: Path) -> dict:
@@ -75,7 +63,7 @@ def test_default_run_writes_a_self_describing_encoder(workdir):
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
     assert all(r["images_per_s"] > 0 for r in lines if "loss" in r)
     assert list((run / "logs").rglob("events.out.tfevents*")), "TensorBoard logs are written"
-    assert "runs/default/model.safetensors" in out.stdout and "linear_probe.py --checkpoint" in out.stdout
+    assert "runs/default/model.safetensors" in out.stdout and "sslvit probe --checkpoint /" in out.stdout
     assert (workdir / "data" / "shards" / "digits" / "train" / "manifest.json").is_file()
 
 
@@ -127,15 +115,15 @@ def test_resume_after_sigkill_is_bitwise_identical(workdir):
 
 def test_resume_refuses_missing_and_partial_checkpoints(tmp_path):
     with pytest.raises(ResumeError, match="does not exist"):
-        validate_checkpoint(tmp_path / "checkpoints" / "step_0000009", 1)
+        validate_checkpoint(tmp_path / "checkpoints" / "step_0000009")
     partial = tmp_path / "checkpoints" / ".tmp-step_0000004"
     partial.mkdir(parents=True)
     with pytest.raises(ResumeError, match="partial"):
-        validate_checkpoint(partial, 1)
+        validate_checkpoint(partial)
     half = tmp_path / "checkpoints" / "step_0000004"
     half.mkdir()
     with pytest.raises(ResumeError, match="trainer_state.json"):
-        validate_checkpoint(half, 1)
+        validate_checkpoint(half)
 
 
 def test_two_cpu_processes_through_accelerate_launch(workdir):
@@ -232,7 +220,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir, monkeypatch):
         train(cfg)
     run = workdir / "runs" / "nan"
     assert "step_0000004" in str(err.value)
-    state = validate_checkpoint(run / "checkpoints" / "step_0000004", 1)
+    state = validate_checkpoint(run / "checkpoints" / "step_0000004").state
     assert state.step == 4
     weights = load_file(str(run / "checkpoints" / "step_0000004" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())

@@ -8,7 +8,8 @@ training split's per-channel mean/std (the loader sees RGB with three equal chan
 
 :func:`ensure_digits_shards` builds once and then reuses the result. The build runs under an
 exclusive file lock next to ``root`` and is written to a unique temporary directory that is
-renamed into place only when complete, so several ranks can call it at once.
+renamed into place only when complete, so several ranks can call it at once. A build says so in
+one line and shows its progress (:func:`sslvit.runtime.progress`) unless ``progress=False``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from sslvit.data.shards import MANIFEST_NAME, SourceItem, write_shards
+from sslvit.runtime import progress as progress_bar
 
 DIGITS_VERSION = 1
 VAL_SIZE = 360
@@ -34,7 +36,7 @@ CLASS_NAMES = [str(i) for i in range(10)]
 _MARKER = "digits.json"
 
 
-def digits_arrays(image_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def digits_arrays(image_size: int = 32, progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """split -> (images uint8 (N, image_size, image_size), labels int64 (N,)), fixed split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -46,7 +48,8 @@ def digits_arrays(image_size: int = 32) -> dict[str, tuple[np.ndarray, np.ndarra
     train_idx, val_idx = train_test_split(index, test_size=VAL_SIZE, stratify=labels, random_state=0)
     out = {}
     for split, idx in (("train", np.sort(train_idx)), ("val", np.sort(val_idx))):
-        images = np.stack([upscale(pixels[i], image_size) for i in idx])
+        bar = progress_bar(idx, desc=f"digits-{split} resize", unit="img", enabled=progress, leave=False)
+        images = np.stack([upscale(pixels[i], image_size) for i in bar])
         out[split] = (images, labels[idx])
     return out
 
@@ -72,7 +75,7 @@ def png_items(images: np.ndarray, labels: np.ndarray, prefix: str, width: int = 
 def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = False) -> dict[str, Path]:
     """Write ``out_root/{train,val}/`` shards + manifests (not atomic; see ensure_digits_shards)."""
     out_root = Path(out_root)
-    arrays = digits_arrays(image_size)
+    arrays = digits_arrays(image_size, progress)
     train_images = arrays["train"][0].astype(np.float64) / 255.0
     mean = [round(float(train_images.mean()), 6)] * 3
     std = [round(float(train_images.std()), 6)] * 3
@@ -80,12 +83,22 @@ def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = Fa
     for split, (images, labels) in arrays.items():
         extra = {"corpus": "digits", "split": split, "image_size": image_size, "mean": mean, "std": std,
                  "stats_from": "train", "source": "sklearn.datasets.load_digits"}
-        write_shards(png_items(images, labels, f"digits-{split}"), out_root / split, prefix=f"digits-{split}",
-                     max_count=SHARD_SIZE, class_names=CLASS_NAMES, verify=False, compute_stats=False,
-                     total=len(labels), progress=progress, extra=extra)
+        items = progress_bar(png_items(images, labels, f"digits-{split}"), total=len(labels),
+                             desc=f"digits-{split} shards", unit="img", enabled=progress)
+        write_shards(items, out_root / split, prefix=f"digits-{split}", max_count=SHARD_SIZE,
+                     class_names=CLASS_NAMES, verify=False, compute_stats=False, total=len(labels),
+                     progress=False, extra=extra)
         dirs[split] = out_root / split
     (out_root / _MARKER).write_text(json.dumps({"version": DIGITS_VERSION, "image_size": image_size}))
     return dirs
+
+
+def announce(message: str) -> None:
+    """Print ``message`` once (on the main process) as a build starts."""
+    from sslvit.runtime import is_main_process
+
+    if is_main_process():
+        print(message, flush=True)
 
 
 def _is_complete(root: Path, image_size: int) -> bool:
@@ -124,9 +137,16 @@ def build_once(root: Path, is_complete: Callable[[Path], bool], build: Callable[
 
 
 def ensure_digits_shards(root: str | Path = "data/shards/digits", image_size: int = 32,
-                         progress: bool = False) -> dict[str, Path]:
+                         progress: bool = True) -> dict[str, Path]:
     """Build the digits shards under ``root`` once and reuse them: split -> directory holding
-    ``manifest.json``. A build for another ``image_size`` at the same root is replaced."""
+    ``manifest.json``. A build for another ``image_size`` at the same root is replaced. A build
+    prints one line and shows its progress unless ``progress`` is False."""
     root = Path(root)
-    build_once(root, lambda r: _is_complete(r, image_size), lambda tmp: build_digits(tmp, image_size, progress))
+
+    def build(tmp: Path) -> None:
+        if progress:
+            announce(f"building the built-in digits shards ({image_size} px) in {root}, once; later runs reuse them")
+        build_digits(tmp, image_size, progress)
+
+    build_once(root, lambda r: _is_complete(r, image_size), build)
     return {s: root / s for s in ("train", "val")}

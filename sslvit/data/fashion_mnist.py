@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from sslvit.data.digits import build_once, png_items, upscale
+from sslvit.data.digits import announce, build_once, png_items, upscale
 from sslvit.data.shards import MANIFEST_NAME, write_shards
+from sslvit.runtime import progress as progress_bar
 
 FASHION_MNIST_VERSION = 1
 ENV_VAR = "SSLVIT_FASHION_MNIST"
@@ -180,8 +181,6 @@ def fashion_mnist_arrays(source: str | Path | None = None, image_size: int = 32,
                          progress: bool = False) -> dict[str, dict[str, Any]]:
     """split -> {"images": uint8 (N, S, S), "labels": int64 (N,), "index": int64 (N,) position in
     the official file, "official": "train" | "t10k", "files": {"images": path, "labels": path}}."""
-    from tqdm.auto import tqdm
-
     if image_size < 1:
         raise ValueError(f"image_size must be positive, not {image_size}")
     files = find_fashion_mnist(source)
@@ -193,7 +192,7 @@ def fashion_mnist_arrays(source: str | Path | None = None, image_size: int = 32,
     for split, (part, idx) in plan.items():
         pixels, labels = official[part]
         images = np.empty((len(idx), image_size, image_size), np.uint8)
-        for j, i in enumerate(tqdm(idx, disable=not progress, unit="img", desc=f"fashion_mnist-{split} resize")):
+        for j, i in enumerate(progress_bar(idx, desc=f"fashion_mnist-{split} resize", unit="img", enabled=progress)):
             images[j] = upscale(pixels[i], image_size)
         out[split] = {"images": images, "labels": labels[idx], "index": idx.astype(np.int64),
                       "official": "t10k" if part == "test" else "train",
@@ -223,9 +222,11 @@ def build_fashion_mnist(out_root: str | Path, image_size: int = 32, source: str 
                  "std": [std] * 3, "stats_from": "train", "source": a["files"], "source_split": a["official"],
                  "val_size": val_size, "val_seed": VAL_SEED}
         items = png_items(a["images"], a["labels"], f"fashion_mnist-{a['official']}", width=5, ids=a["index"])
+        items = progress_bar(items, total=len(a["labels"]), desc=f"fashion_mnist-{split} shards", unit="img",
+                             enabled=progress)
         write_shards(items, out_root / split, prefix=f"fashion_mnist-{split}", max_count=shard_size,
                      class_names=CLASS_NAMES, verify=False, compute_stats=False, total=len(a["labels"]),
-                     progress=progress, extra=extra)
+                     progress=False, extra=extra)
         dirs[split] = out_root / split
     marker = {"version": FASHION_MNIST_VERSION, "image_size": image_size, "val_size": val_size,
               "shard_size": shard_size,
@@ -245,13 +246,13 @@ def _is_complete(root: Path, image_size: int, val_size: int, shard_size: int) ->
 
 
 def ensure_fashion_mnist_shards(root: str | Path = "data/shards/fashion_mnist", image_size: int = 32,
-                                source: str | Path | None = None, progress: bool = False, *,
+                                source: str | Path | None = None, progress: bool = True, *,
                                 val_size: int = VAL_SIZE, shard_size: int = SHARD_SIZE) -> dict[str, Path]:
     """Build the Fashion-MNIST shards under ``root`` once and reuse them: {"train", "val", "test"} ->
     directory holding ``manifest.json``. A build at ``root`` for another ``image_size``, ``val_size``
     or ``shard_size`` is replaced; a complete one is reused without looking for the source files.
     Raises :class:`FashionMNISTNotFound` (before creating anything) when a build is needed and the
-    files are missing."""
+    files are missing. A build prints one line and shows its progress unless ``progress`` is False."""
     root = Path(root)
 
     def complete(r: Path) -> bool:
@@ -259,6 +260,10 @@ def ensure_fashion_mnist_shards(root: str | Path = "data/shards/fashion_mnist", 
 
     if not complete(root):
         find_fashion_mnist(source)  # fail early, with the install hint, before any lock or temp dir
-    build_once(root, complete,
-               lambda tmp: build_fashion_mnist(tmp, image_size, source, progress, val_size, shard_size))
+    def build(tmp: Path) -> None:
+        if progress:
+            announce(f"building the Fashion-MNIST shards ({image_size} px) in {root}, once; later runs reuse them")
+        build_fashion_mnist(tmp, image_size, source, progress, val_size, shard_size)
+
+    build_once(root, complete, build)
     return {s: root / s for s in SPLITS}

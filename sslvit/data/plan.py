@@ -1,25 +1,32 @@
-"""Shard specs and the per-epoch plan: which rank and worker reads which shard (part).
+"""Shard specs and the per-epoch plan: which logical stream reads which shard (part).
 
 Resolution (:func:`resolve`): a spec is a brace pattern (``shards-{000000..000099}.tar``), a glob, a
-list of specs, a manifest (``manifest.json`` path or URL), or a directory (its ``manifest.json``,
-else its ``*.tar`` files); ``http(s)://`` URLs and ``pipe:`` commands (run through a shell, for
-object stores: ``pipe:aws s3 cp s3://bucket/shard-{000..009}.tar -``) are read with webdataset's
-``gopen``. Shard names inside a manifest are always relative files, never commands.
+list of specs (a Python list, or one string with top-level commas: ``a,b``), a manifest
+(``manifest.json`` path or URL), or a directory (its ``manifest.json``, else its ``*.tar`` files);
+a brace pattern or glob over directories (``corpus{1,2}``) resolves each directory with its own
+manifest. Several manifests combine: counts are concatenated, mean/std are count-weighted (None
+unless every part carries them and its counts), and class names must agree (else ValueError
+naming both folders). ``http(s)://`` URLs and ``pipe:`` commands (run through a shell, for object
+stores: ``pipe:aws s3 cp s3://bucket/shard-{000..009}.tar -``) are read with webdataset's ``gopen``. Shard names inside a manifest are relative files; only a
+manifest read from a local file may instead list each shard's ``url`` (an ``http(s)://`` URL or a
+``pipe:`` command, as :func:`sslvit.data.index.index_shards` writes for remote shards).
 
-Finite plan (:func:`assign_parts`, :func:`finite_batches`): every (rank r, logical stream l) pair
-is a slot ``s = l * world_size + r``. When there are few shards, each shard is cut into ``m``
-interleaved parts (part j holds the samples whose index in the shard is j mod m) so that slots can
-be balanced; ``m`` is chosen from the manifest counts. Parts go to slots by the
-longest-processing-time rule (largest count first, to the least-loaded slot); ties among equal
-counts are broken by an order shuffled with (seed, epoch), so shards move between slots from
-epoch to epoch while every slot's load (and hence the batch count) stays the same.
+Finite plan (:func:`choose_streams`, :func:`split_streams`): an epoch is ``S`` logical streams,
+``S`` the largest divisor of the global micro-batch ``G`` (batch size x world size) not above the
+number of shards; stream ``k`` fills positions ``k*c .. k*c+c-1`` (``c = G / S``) of every global
+micro-batch. The shards are concatenated in an order shuffled with (seed, epoch) and the sample
+sequence is cut into S contiguous ranges whose sizes differ by at most one, so every stream's
+load (and hence the batch count) is the same in every epoch while shards move between streams.
+A range boundary inside a shard makes two streams read it (one stops early), so every shard is
+read about once (``S <= shards``). Without counts, whole shards are dealt round-robin in the
+shuffled order (:func:`deal_shards`). Nothing here depends on the world size or the number of
+workers, only on G.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import heapq
 import math
 import os
 import random
@@ -42,51 +49,94 @@ def mix_seed(*parts: Any) -> int:
 
 @dataclass
 class ShardSet:
-    """Resolved shards: URLs, per-shard sample counts when known, manifest metadata."""
+    """Resolved shards: URLs, per-shard sample counts (None where unknown), manifest metadata.
+
+    ``counts`` is None when no count is known, else one entry per URL (None for a shard whose
+    folder had no manifest); ``sources`` names the folder / spec of each URL (for messages).
+    """
 
     urls: list[str]
-    counts: list[int] | None = None
+    counts: list[int | None] | None = None
     class_names: list[str] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    sources: list[str] | None = None
+    num_classes: int | None = None
+    key_dot: str | None = None  # how the manifest's counts split member names, when it says
 
     @property
     def num_samples(self) -> int | None:
-        return None if self.counts is None else sum(self.counts)
+        return None if self.counts is None or None in self.counts else sum(self.counts)  # type: ignore[arg-type]
+
+    @property
+    def complete(self) -> bool:
+        """Every shard's count is known."""
+        return self.counts is not None and None not in self.counts
 
 
 def _from_manifest(spec: str) -> ShardSet:
     manifest = load_manifest(spec)
     base = manifest["base"]
+    trusted = not spec.startswith(("http://", "https://"))
     urls, counts = [], []
     for entry in manifest["shards"]:
         name = str(entry["name"])
-        if name.startswith("pipe:") or "://" in name or os.path.isabs(name) or ".." in Path(name).parts:
-            raise ValueError(f"{spec}: shard name {name!r} must be a relative file name")
-        urls.append(f"{base}/{name}")
+        url = entry.get("url")
+        if url is not None:
+            if not trusted:
+                raise ValueError(f"{spec}: a manifest read over http may not list shard urls ({url!r})")
+            urls.append(str(url))
+        else:
+            if name.startswith("pipe:") or "://" in name or os.path.isabs(name) or ".." in Path(name).parts:
+                raise ValueError(f"{spec}: shard name {name!r} must be a relative file name")
+            urls.append(f"{base}/{name}")
         counts.append(int(entry["count"]))
-    return ShardSet(urls, counts, manifest.get("class_names"), manifest.get("mean"), manifest.get("std"))
+    return ShardSet(urls, counts, manifest.get("class_names"), manifest.get("mean"), manifest.get("std"),
+                    [spec] * len(urls), manifest.get("num_classes"), manifest.get("key_dot"))
+
+
+def split_specs(spec: str) -> list[str]:
+    """Split a spec string at its top-level commas (commas inside ``{...}`` belong to brace patterns)."""
+    parts, depth, current = [], 0, ""
+    for char in spec:
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    return [p for p in parts if p]
+
+
+def _local_dir(path: Path, spec: str) -> ShardSet:
+    if (path / MANIFEST_NAME).exists():
+        return _from_manifest(str(path))
+    tars = sorted(str(p) for p in path.iterdir()
+                  if p.name.endswith((".tar", ".tar.gz", ".tgz")) and not p.name.startswith("."))
+    if not tars:
+        raise FileNotFoundError(f"{spec}: directory holds neither {MANIFEST_NAME} nor *.tar shards")
+    return ShardSet(tars, None, sources=[str(path)] * len(tars))
 
 
 def _resolve_one(spec: str) -> ShardSet:
     if spec.startswith("pipe:"):
-        return ShardSet(list(braceexpand.braceexpand(spec)))
+        urls = list(braceexpand.braceexpand(spec))
+        return ShardSet(urls, sources=[spec] * len(urls))
     if spec.startswith(("http://", "https://")):
         if spec.endswith(".json"):
             return _from_manifest(spec)
-        return ShardSet(list(braceexpand.braceexpand(spec)))
+        urls = list(braceexpand.braceexpand(spec))
+        return ShardSet(urls, sources=[spec] * len(urls))
     if spec.startswith("file:"):
         spec = spec[len("file:"):]
     path = Path(spec)
     if path.is_dir():
-        if (path / MANIFEST_NAME).exists():
-            return _from_manifest(str(path))
-        tars = sorted(str(p) for p in path.iterdir()
-                      if p.name.endswith((".tar", ".tar.gz", ".tgz")) and not p.name.startswith("."))
-        if not tars:
-            raise FileNotFoundError(f"{spec}: directory holds neither {MANIFEST_NAME} nor *.tar shards")
-        return ShardSet(tars)
-    if spec.endswith(".json"):
+        return _local_dir(path, spec)
+    if spec.endswith(".json") and path.exists():
         return _from_manifest(spec)
     if any(c in spec for c in "*?["):
         urls = sorted(glob.glob(spec))
@@ -95,19 +145,65 @@ def _resolve_one(spec: str) -> ShardSet:
     missing = [u for u in urls if not os.path.exists(u)]
     if not urls or missing:
         raise FileNotFoundError(f"{spec}: no such shard(s): {missing[:3] or spec}")
-    return ShardSet(urls)
+    if any(os.path.isdir(u) or u.endswith(".json") for u in urls):
+        if len(urls) == 1:
+            return _resolve_one(urls[0])
+        return combine([_resolve_one(u) for u in urls], urls)
+    return ShardSet(urls, sources=[spec] * len(urls))
+
+
+def _combined_stats(sets: list[ShardSet]) -> tuple[list[float] | None, list[float] | None]:
+    """Count-weighted mean and pooled std over sets that all carry mean, std and counts."""
+    if any(s.mean is None or s.std is None or s.num_samples is None for s in sets):
+        return None, None
+    total = sum(s.num_samples or 0 for s in sets)
+    if total == 0:
+        return None, None
+    mean = [sum((s.num_samples or 0) * s.mean[c] for s in sets) / total for c in range(3)]  # type: ignore[index]
+    second = [sum((s.num_samples or 0) * (s.std[c] ** 2 + s.mean[c] ** 2) for s in sets) / total  # type: ignore[index]
+              for c in range(3)]
+    std = [math.sqrt(max(second[c] - mean[c] ** 2, 0.0)) for c in range(3)]
+    return [round(v, 6) for v in mean], [round(v, 6) for v in std]
+
+
+def combine(sets: list[ShardSet], names: list[str]) -> ShardSet:
+    """Concatenate resolved shard sets (``names``: their specs, for messages).
+
+    Raises ValueError when two sets carry different class names.
+    """
+    if not sets:
+        raise ValueError("empty shard list")
+    class_names, owner = None, ""
+    for shard_set, name in zip(sets, names, strict=True):
+        if shard_set.class_names:
+            if class_names is not None and list(shard_set.class_names) != list(class_names):
+                raise ValueError(f"class names disagree: {owner} has {class_names[:5]}... "
+                                 f"({len(class_names)}), {name} has {shard_set.class_names[:5]}... "
+                                 f"({len(shard_set.class_names)})")
+            class_names, owner = list(shard_set.class_names), name
+    counts = None
+    if any(s.counts is not None for s in sets):
+        counts = [c for s in sets for c in (s.counts if s.counts is not None else [None] * len(s.urls))]
+    sources = [src for s, name in zip(sets, names, strict=True) for src in (s.sources or [name] * len(s.urls))]
+    mean, std = _combined_stats(sets)
+    key_dots = {(s.key_dot, name) for s, name in zip(sets, names, strict=True) if s.key_dot}
+    if len({k for k, _ in key_dots}) > 1:
+        raise ValueError(f"manifests were indexed with different key_dot: {sorted(key_dots)}")
+    num_classes = max((s.num_classes for s in sets if s.num_classes), default=None)
+    return ShardSet([u for s in sets for u in s.urls], counts, class_names, mean, std, sources, num_classes,
+                    next(iter(key_dots))[0] if key_dots else None)
 
 
 def resolve(spec: ShardSpec) -> ShardSet:
     """Any shard spec (see module docstring) -> ShardSet; lists are concatenated."""
     if isinstance(spec, (list, tuple)):
-        sets = [resolve(s) for s in spec]
-        if not sets:
-            raise ValueError("empty shard list")
-        counts = None if any(s.counts is None for s in sets) else [c for s in sets for c in s.counts or []]
-        first = next((s for s in sets if s.class_names), sets[0])
-        return ShardSet([u for s in sets for u in s.urls], counts, first.class_names, first.mean, first.std)
-    return _resolve_one(os.fspath(spec))
+        specs = [os.fspath(s) for s in spec]
+        return combine([resolve(s) for s in specs], specs)
+    spec = os.fspath(spec)
+    pieces = split_specs(spec)
+    if len(pieces) > 1:
+        return combine([_resolve_one(p) for p in pieces], pieces)
+    return _resolve_one(spec)
 
 
 def resolve_shards(spec: ShardSpec) -> list[str]:
@@ -117,93 +213,87 @@ def resolve_shards(spec: ShardSpec) -> list[str]:
 
 @dataclass(frozen=True)
 class Part:
-    """Samples ``index % num_parts == part`` of one shard (``count`` of them when known)."""
+    """Samples ``start .. stop - 1`` (tar order) of shard number ``shard``; ``stop`` None: to its end."""
 
     url: str
     shard: int
-    part: int = 0
-    num_parts: int = 1
-    count: int | None = None
+    start: int = 0
+    stop: int | None = None
     shard_count: int | None = None
 
+    @property
+    def count(self) -> int | None:
+        end = self.stop if self.stop is not None else self.shard_count
+        return None if end is None else end - self.start
 
-def make_parts(shards: ShardSet, num_parts: int) -> list[Part]:
-    """Cut every shard into ``num_parts`` interleaved parts."""
-    parts = []
-    for i, url in enumerate(shards.urls):
-        for j in range(num_parts):
-            count = None if shards.counts is None else len(range(j, shards.counts[i], num_parts))
-            shard_count = None if shards.counts is None else shards.counts[i]
-            parts.append(Part(url, i, j, num_parts, count, shard_count))
-    return parts
+    @property
+    def reads_to_end(self) -> bool:
+        """This part reads its shard to the end, so it is the one that reports the shard's damage."""
+        return self.stop is None or self.shard_count is None or self.stop >= self.shard_count
 
 
-def assign_parts(parts: list[Part], num_slots: int, tie_seed: int | None) -> list[list[Part]]:
-    """Longest-processing-time assignment of parts to slots; ties shuffled by ``tie_seed``.
+def whole_shards(shards: ShardSet) -> list[Part]:
+    """One part per shard, in canonical order."""
+    counts = shards.counts or [None] * len(shards.urls)
+    return [Part(url, i, 0, None, counts[i]) for i, url in enumerate(shards.urls)]
 
-    Without counts, parts are dealt round-robin in the (shuffled) order.
+
+def shard_order(num_shards: int, seed: int | None) -> list[int]:
+    """Shard indices in the order an epoch concatenates them (shuffled by ``seed`` unless None)."""
+    order = list(range(num_shards))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def split_streams(shards: ShardSet, num_streams: int, seed: int | None) -> list[list[Part]]:
+    """Cut the epoch's sample sequence into ``num_streams`` contiguous ranges of equal size (+-1).
+
+    The shards (known counts) are concatenated in :func:`shard_order`; stream k gets samples
+    ``k*N//S .. (k+1)*N//S - 1`` of that sequence: the tail of one shard, whole shards, the head
+    of another. A shard shared by two streams is read by both (the head reader stops early).
     """
-    order = list(range(len(parts)))
-    if tie_seed is not None:
-        random.Random(tie_seed).shuffle(order)
-    slots: list[list[Part]] = [[] for _ in range(num_slots)]
-    if any(p.count is None for p in parts):
-        for k, i in enumerate(order):
-            slots[k % num_slots].append(parts[i])
-        return slots
-    rank_in_order = {i: k for k, i in enumerate(order)}
-    ranked = sorted(range(len(parts)), key=lambda i: (-(parts[i].count or 0), rank_in_order[i]))
-    heap = [(0, s) for s in range(num_slots)]
-    for i in ranked:
-        load, s = heapq.heappop(heap)
-        slots[s].append(parts[i])
-        heapq.heappush(heap, (load + (parts[i].count or 0), s))
-    return slots
+    counts = [int(c or 0) for c in (shards.counts or [])]
+    total = sum(counts)
+    bounds = [k * total // num_streams for k in range(num_streams + 1)]
+    streams: list[list[Part]] = [[] for _ in range(num_streams)]
+    offset, k = 0, 0
+    for i in shard_order(len(shards.urls), seed):
+        n, pos = counts[i], 0
+        while pos < n:
+            while offset >= bounds[k + 1]:
+                k += 1
+            take = min(n - pos, bounds[k + 1] - offset)
+            streams[k].append(Part(shards.urls[i], i, pos, pos + take, n))
+            pos, offset = pos + take, offset + take
+    return streams
 
 
-def stream_quota(total_batches: int, stream: int, num_streams: int) -> int:
-    """Batches logical stream ``stream`` yields: global batches b < total with b % W == stream."""
-    return max(0, math.ceil((total_batches - stream) / num_streams))
+def deal_shards(shards: ShardSet, num_streams: int, seed: int | None) -> list[list[Part]]:
+    """Whole shards dealt round-robin to streams in :func:`shard_order` (counts unknown)."""
+    parts = whole_shards(shards)
+    streams: list[list[Part]] = [[] for _ in range(num_streams)]
+    for j, i in enumerate(shard_order(len(parts), seed)):
+        streams[j % num_streams].append(parts[i])
+    return streams
 
 
-def finite_batches(slot_counts: list[int], world_size: int, num_streams: int, batch_size: int,
-                   drop_last: bool) -> int:
-    """Batches per rank so that every slot fits (or, with drop_last, fills) its quota.
+def choose_streams(global_batch: int, num_shards: int) -> int:
+    """Logical streams S of an epoch: the largest divisor of ``global_batch`` not above ``num_shards``.
 
-    Slot s = l * world_size + r. Without drop_last: stream l needs ceil(n / B) batches for its
-    largest slot, i.e. total >= (need - 1) * W + l + 1. With drop_last: total <= have * W + l with
-    have = floor(n / B) for its smallest slot.
+    With at least G shards every stream fills one position of each global micro-batch; with fewer,
+    a stream fills ``G / S`` consecutive positions, so streams stay about a shard long or longer.
     """
-    total = 0 if not drop_last else None
-    for stream in range(num_streams):
-        counts = [slot_counts[stream * world_size + r] for r in range(world_size)]
-        if drop_last:
-            have = min(counts) // batch_size
-            bound = have * num_streams + stream
-            total = bound if total is None else min(total, bound)
-        else:
-            need = math.ceil(max(counts) / batch_size)
-            if need > 0:
-                total = max(total or 0, (need - 1) * num_streams + stream + 1)
-    return int(total or 0)
+    best = 1
+    for s in range(1, global_batch + 1):
+        if global_batch % s == 0 and s <= max(1, num_shards):
+            best = s
+    return best
 
 
-def choose_num_parts(shards: ShardSet, world_size: int, num_streams: int, batch_size: int,
-                     drop_last: bool) -> tuple[int, int]:
-    """(parts per shard, batches per rank) for a finite epoch with known counts.
-
-    Tries a few cuts and keeps the smallest one whose batch count is within 2% of the best, so
-    large corpora (many shards per slot) read every shard once and small ones are balanced.
-    """
-    slots = world_size * num_streams
-    results: dict[int, int] = {}
-    for m in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
-        if m > 1 and len(shards.urls) * m > max(16 * slots, len(shards.urls)):
-            break
-        loads = [sum(p.count or 0 for p in slot) for slot in assign_parts(make_parts(shards, m), slots, None)]
-        results[m] = finite_batches(loads, world_size, num_streams, batch_size, drop_last)
-    best = max(results.values()) if drop_last else min(results.values())
-    for m, batches in results.items():
-        if abs(batches - best) <= 0.02 * best:
-            return m, batches
-    return 1, results[1]
+def epoch_batches(loads: list[int], per_batch: int, drop_last: bool) -> int:
+    """Global micro-batches of an epoch whose streams hold ``loads`` samples and fill ``per_batch``
+    positions each: enough for the fullest stream, or with ``drop_last`` what the emptiest fills."""
+    if drop_last:
+        return min(loads) // per_batch
+    return max(math.ceil(n / per_batch) for n in loads)

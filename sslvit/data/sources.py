@@ -63,7 +63,20 @@ def image_folder(root: str | Path) -> Source:
     return Source(items(), class_names, len(files), skipped, {"source": str(root), "kind": "folder"})
 
 
+class SourceError(ValueError):
+    """A source cannot be read as asked: a missing split or column; the message lists what exists."""
+
+
 def _load_hf(source: str, split: str, config: str | None, streaming: bool) -> Any:
+    try:
+        return _load_hf_split(source, split, config, streaming)
+    except ValueError as err:
+        if "split" not in str(err).lower() or isinstance(err, SourceError):
+            raise
+        raise SourceError(f"{source}: no split {split!r} ({err})") from None
+
+
+def _load_hf_split(source: str, split: str, config: str | None, streaming: bool) -> Any:
     import datasets
 
     path = Path(source)
@@ -72,7 +85,13 @@ def _load_hf(source: str, split: str, config: str | None, streaming: bool) -> An
         return datasets.load_dataset(kind, data_files=str(path), split=split, streaming=streaming)
     if path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json")):
         loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise SourceError(f"{source}: no split {split!r}; splits: {list(loaded)}")
+            return loaded[split]
+        if loaded.split is not None and str(loaded.split) != split:
+            raise SourceError(f"{source}: no split {split!r}; this saved dataset holds split {str(loaded.split)!r}")
+        return loaded
     if path.is_dir() and not any(path.glob("*.py")) and not (path / "README.md").exists():
         if any(path.rglob("*.parquet")):
             files = sorted(str(p) for p in path.rglob("*.parquet"))
@@ -88,18 +107,21 @@ def hf_dataset(source: str, split: str = "train", image_column: str = "image",
 
     The image column is read undecoded (``datasets.Image(decode=False)``) so the shard keeps the
     original bytes. A ``ClassLabel`` label column gives the class names; integer labels without
-    names are kept as they are; ``label_column=None`` (or a missing column) makes it unlabeled.
+    names are kept as they are; ``label_column=None`` or ``""`` makes it unlabeled. A split or a
+    column that the dataset does not have raises :class:`SourceError` listing the ones it has.
     """
     import datasets
 
     ds = _load_hf(source, split, config, streaming)
     features = ds.features or {}
     if image_column not in features:
-        raise KeyError(f"{source}: no image column {image_column!r}; columns: {list(features)}")
+        raise SourceError(f"{source}: no image column {image_column!r}; columns: {list(features)}")
     if isinstance(features[image_column], datasets.Image):
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    label_column = label_column or None
     if label_column is not None and label_column not in features:
-        label_column = None
+        raise SourceError(f"{source}: no label column {label_column!r}; columns: {list(features)} "
+                          "(an empty label column, '', reads the dataset unlabeled)")
     names = None
     if label_column is not None and isinstance(features[label_column], datasets.ClassLabel):
         names = list(features[label_column].names)

@@ -1,39 +1,82 @@
-"""Streaming loader over tar shards: rank/worker splitting, epochs, shuffling, bad samples.
+"""Streaming loader over tar shards: an elastic sample order, epochs, shuffling, bad samples.
 
 How an epoch is laid out
 ------------------------
-Each rank runs W = max(1, num_workers) *logical streams*. The rank's batches are numbered
-0..L-1 and batch b comes from stream b % W, which is exactly the order in which a torch
-DataLoader returns batches when each worker yields its batches in turn. L (``len(loader)``) is
-the same on every rank, so no rank waits at a collective for a batch that never comes.
+The order of an epoch is a function of (seed, epoch, the shard set, and the global micro-batch
+size G = batch_size x world_size) only, never of the world size or the number of workers:
 
-* ``finite``: shards (cut into interleaved parts when there are too few for R x W slots) are
-  assigned to the (rank, stream) slots by their manifest counts (see :mod:`sslvit.data.plan`).
-  L is the smallest count that lets every slot emit all of its samples, so every sample is seen
-  exactly once per epoch across all ranks and workers; a stream that runs out first pads its
-  batches by repeating its own first samples with ``valid=False``. With ``drop_last=True``, L is
-  instead the largest count every slot can fill and the remainder is dropped. Without manifest
-  counts, finite mode needs ``samples_per_epoch`` (L = ceil(samples_per_epoch / (R * B)); a
-  stream's surplus is dropped and counted as ``dropped_extra``), else it raises ValueError.
+* Global micro-batch g of an epoch has G positions. They are filled by S logical streams
+  (:func:`sslvit.data.plan.choose_streams`: the largest divisor of G not above the number of
+  shards); stream k fills positions ``k*c .. k*c+c-1`` (c = G / S) with its samples
+  ``g*c .. g*c+c-1``. A stream reads its contiguous range of the epoch's shard sequence (the
+  shards concatenated in an order shuffled by (seed, epoch)) through a shuffle buffer seeded by
+  (seed, epoch, k).
+* Rank r's batch g is positions ``r*B .. r*B+B-1`` of global micro-batch g; the concatenation of
+  every rank's batch g in rank order is global micro-batch g, for any world size dividing G.
+  ``len(loader)`` is the number of global micro-batches, the same on every rank.
+* A rank's readers (``min(num_workers, batch_size)`` DataLoader workers, or the main process with
+  ``num_workers=0``) each fill a contiguous chunk of the rank's positions, reading the streams
+  that chunk touches; the main process concatenates their partial batches in worker order (a
+  torch DataLoader returns worker outputs round-robin). A stream shared by several readers
+  (``c`` larger than a reader's chunk) is read by each of them, which decode only their own
+  positions.
+* ``iterate(epoch, start_batch=g)`` starts at global micro-batch g: readers skip the earlier
+  samples of their streams without decoding them, so a run stopped after micro-batch g on W
+  ranks resumes on W' ranks (same G) at g with no sample repeated or skipped.
+
+Per-sample randomness (crop, flip through torch's default generator, reseeded per sample; the
+masker's generator, one sample at a time) is seeded by (seed, epoch, g * G + position), never by
+rank or worker ids, so a rank's batches are bitwise the same for any ``num_workers``.
+
+* ``finite``: the epoch's sample sequence is cut into S ranges whose sizes differ by at most one
+  (see :mod:`sslvit.data.plan`). ``len`` is the smallest count that lets every stream emit all
+  of its samples, so every sample is seen exactly once per epoch across all ranks and workers; a
+  stream that runs out first pads its positions with its own first samples (``valid=False``,
+  key ``""``). With ``drop_last=True``, ``len`` is instead the
+  largest count every stream can fill and the remainder is dropped and counted as
+  ``dropped_last``. Counts come from the manifests; local shards without one are counted from
+  their tar headers when the loader is built (said once, with the time it took). Remote shards
+  without a manifest need ``samples_per_epoch`` (``len = ceil(samples_per_epoch / G)``; whole shards
+  are dealt round-robin, a stream's surplus is dropped and counted as ``dropped_extra``, and
+  exactly-once does not hold), else ValueError naming the index command that writes their counts.
 * ``resampled``: every stream draws shards at random (with replacement, weighted by manifest
-  counts when known) without end; L = ceil(samples_per_epoch / (R * B)) (floor with drop_last).
+  counts when known) from a generator seeded by (seed, epoch, stream) without end;
+  ``len = ceil(samples_per_epoch / G)`` (floor with drop_last). The elastic order holds here too.
 
 Every batch holds exactly ``batch_size`` samples. Batch boundaries depend only on the order of
 raw tar members, never on decoding: a sample that cannot be used (undecodable or empty image,
-too many pixels, no image, missing/bad label when ``need_labels``) keeps its slot, is replaced by
-a copy of a usable sample of the same batch flagged ``valid=False``, and is counted by reason.
-This is what lets ``iterate(epoch, start_batch)`` skip batches by reading tar members without
-decoding them and still reproduce the batches an uninterrupted run yields from ``start_batch``.
+too many pixels, no image, missing/bad/out-of-range label when ``need_labels``) keeps its
+position (and key), is replaced by its stream's first usable sample flagged ``valid=False``, and
+is counted by reason. Whatever is dropped is counted in the stats of the epoch it belongs to, and
+``.stats`` holds the epoch's totals before its last batch is yielded.
 
-Determinism: the shard-to-slot assignment is seeded by (seed, epoch); shard order and the sample
-shuffle buffer by (seed, epoch, rank, stream); each sample's augmentation by (seed, epoch, shard
-name, key) through torch's default generator (reseeded per sample in the worker); the masker by
-(seed, epoch, rank, batch index). Batches depend on W, so resume with the same ``num_workers``.
+Repeated views
+--------------
+With ``repeats = k > 1`` every sample a stream reads fills k consecutive positions of that stream
+(so its k views usually sit side by side in one batch, or straddle two consecutive batches), and
+is decoded once, at full size, for all of them; each view has its own position, hence its own
+crop, flip and mask seeds, and its own key (the sample's key, repeated). The objectives' losses
+are means of per-sample losses, so k views of one image in a batch weigh exactly as k samples
+and do not bias the loss (only the batch's diversity drops, as in repeated sampling for MAE-ST
+and data2vec 2.0's multi-mask). An epoch still reads every sample once and so holds k x N
+positions (``len`` grows k-fold; ``samples_per_epoch`` counts samples, not views): divide the
+number of epochs by k to keep the optimizer steps. Order, resume and elasticity are unchanged:
+they are defined over positions.
+
+Workers
+-------
+With ``num_workers > 0`` the DataLoader workers persist from one pass to the next: the epoch and
+the start batch reach them through a shared ``[epoch, start_batch]`` tensor that every pass
+writes before it asks them to start (``reader_pids`` lists their process ids), so the start-up
+and cold first batch are paid once per run. Batches come in pinned memory when CUDA is present
+(``pin_memory``), so the training loop's ``.to(device, non_blocking=True)`` overlaps the copy.
+One pass runs at a time (a new ``iterate`` ends the
+previous one; ``persistent_workers=False`` restores a loader per pass).
 
 Skip counts travel with the batches to the main process, which logs the first occurrence of a
-reason at once and then a summary at most once a minute, and publishes the totals as ``.stats``
-when the epoch completes. The loader is a plain iterable: keep it out of ``accelerate.prepare()``
-and move batches to the device in the training loop (images stay uint8 until then).
+reason at once and then a summary at most once a minute. The loader is a plain iterable: keep it
+out of ``accelerate.prepare()`` and move batches to the device in the training loop (images stay
+uint8 until then).
 """
 
 from __future__ import annotations
@@ -44,29 +87,34 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from sslvit.data.decode import DEFAULT_MAX_PIXELS
+from sslvit.data.decode import DEFAULT_MAX_PIXELS, jpeg_decoder
 from sslvit.data.plan import (
     ShardSet,
     ShardSpec,
-    assign_parts,
-    choose_num_parts,
-    make_parts,
+    choose_streams,
+    deal_shards,
+    epoch_batches,
     mix_seed,
     resolve,
     resolve_shards,
+    split_streams,
+    whole_shards,
 )
 from sslvit.data.shards import load_manifest
+from sslvit.data.tario import count_samples
 from sslvit.data.worker import EpochPlan, EpochStream, StreamConfig
 
 __all__ = ["StreamLoader", "build_loader", "default_rank_world", "load_manifest", "resolve_shards"]
 
 logger = logging.getLogger("sslvit.data")
 _WARN_EVERY_S = 60.0
+_said_decoder = False
 
 
 def default_rank_world() -> tuple[int, int]:
@@ -76,43 +124,107 @@ def default_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _is_local(url: str) -> bool:
+    return not url.startswith("pipe:") and "://" not in url
+
+
+def count_unknown(shards: ShardSet, key_dot: str, announce: bool, samples_per_epoch: int | None) -> ShardSet:
+    """Fill in the counts a finite epoch needs: local shards without a manifest are counted from
+    their tar headers (said once when ``announce``); remote ones need ``samples_per_epoch``."""
+    counts = list(shards.counts) if shards.counts is not None else [None] * len(shards.urls)
+    missing = [i for i, c in enumerate(counts) if c is None]
+    if not missing:
+        return shards
+    remote = [shards.urls[i] for i in missing if not _is_local(shards.urls[i])]
+    if remote:
+        if samples_per_epoch is not None:
+            if announce:
+                logger.warning("finite mode over %d remote shard(s) without a manifest (e.g. %s): epochs hold "
+                               "ceil(samples_per_epoch / G) batches and every sample once is not guaranteed; "
+                               "`sslvit shards index SPEC --out DIR` writes their counts", len(remote), remote[0])
+            return shards
+        raise ValueError(f"finite mode needs sample counts, and {len(remote)} remote shard(s) have no manifest "
+                         f"(e.g. {remote[0]}): run `sslvit shards index '{remote[0]}' --out DIR` (or "
+                         f"sslvit.data.index.index_shards) and use DIR/manifest.json as the shards, or pass "
+                         f"samples_per_epoch")
+    started = time.monotonic()
+    for i in missing:
+        counts[i] = count_samples(shards.urls[i], key_dot)
+    if announce:
+        folders = sorted({(shards.sources or shards.urls)[i] for i in missing})
+        logger.warning("counted the samples of %d shard(s) without a manifest from their tar headers in %.1f s "
+                       "(%d samples); `sslvit shards index %s` writes a manifest.json that avoids this",
+                       len(missing), time.monotonic() - started, sum(counts[i] or 0 for i in missing),
+                       folders[0] if len(folders) == 1 else "FOLDER")
+    return replace(shards, counts=counts)
+
+
+class EpochPlanner:
+    """epoch -> :class:`EpochPlan` (a plain picklable object, so worker processes can plan epochs)."""
+
+    def __init__(self, shards: ShardSet, cfg: StreamConfig, num_batches: int) -> None:
+        self.shards, self.cfg, self.num_batches = shards, cfg, num_batches
+
+    def __call__(self, epoch: int) -> EpochPlan:
+        cfg, shards = self.cfg, self.shards
+        parts = whole_shards(shards)
+        if cfg.mode == "resampled":
+            counts = shards.counts if shards.complete else None
+            weights = [float(c or 0) for c in counts] if counts and sum(c or 0 for c in counts) > 0 else None
+            return EpochPlan(epoch, self.num_batches, [], parts, weights)
+        order_seed = mix_seed(cfg.seed, epoch, "order") if cfg.shuffle else None
+        split = split_streams if shards.complete else deal_shards
+        return EpochPlan(epoch, self.num_batches, split(shards, cfg.num_streams, order_seed), parts, None)
+
+
 class StreamLoader:
     """Iterable over batch dicts; ``len()`` batches per epoch, equal on every rank.
 
     Batches: "image" uint8 (B, 3, H, W), "label" int64 (B,) (-1 when unlabeled), "valid" bool (B,),
-    plus the masker's tensors (leading dim B) and, with ``return_meta``, "key"/"meta" lists.
+    "key" list of B sample keys ("" at padding positions), plus the masker's tensors (leading dim
+    B) and, with ``return_meta``, "meta" (the parsed ``.json`` members).
     """
 
     def __init__(self, shards: ShardSet, cfg: StreamConfig, num_workers: int, samples_per_epoch: int | None,
-                 pin_memory: bool = False, prefetch_factor: int = 2) -> None:
+                 pin_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True) -> None:
         self.shards, self.cfg, self.num_workers = shards, cfg, num_workers
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.persistent_workers = persistent_workers
+        self._control = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, start_batch] for the readers
+        self._loader: DataLoader | None = None
+        self._passes = 0
+        self.reader_pids: list[int] = []  # process id of every reader in the last pass (reader order)
         self.epoch = 0
         self.stats: dict[str, int] = {}
         self.class_names = shards.class_names
         self.mean, self.std = shards.mean, shards.std
-        rb = cfg.world_size * cfg.batch_size
-        self.num_parts = 1
-        if cfg.mode == "finite" and shards.counts is not None:
-            self.num_samples = sum(shards.counts)
-            self.num_parts, self.num_batches = choose_num_parts(
-                shards, cfg.world_size, cfg.num_streams, cfg.batch_size, cfg.drop_last)
+        G, c = cfg.global_batch, cfg.per_stream
+        if cfg.mode == "finite" and shards.complete:
+            self.num_samples = shards.num_samples or 0
+            loads = [cfg.repeats * sum(p.count or 0 for p in stream)
+                     for stream in split_streams(shards, cfg.num_streams, None)]
+            self.num_batches = epoch_batches(loads, c, cfg.drop_last)
         else:
-            if samples_per_epoch is None and shards.counts is not None:
-                samples_per_epoch = sum(shards.counts)
+            if samples_per_epoch is None and shards.complete:
+                samples_per_epoch = shards.num_samples
             if samples_per_epoch is None:
                 raise ValueError(f"{cfg.mode} mode without manifest counts needs samples_per_epoch "
                                  f"(no manifest found for {shards.urls[:2]}...)")
             self.num_samples = int(samples_per_epoch)
-            self.num_batches = self.num_samples // rb if cfg.drop_last else math.ceil(self.num_samples / rb)
-            if cfg.mode == "finite":
-                self.num_parts = max(1, math.ceil(cfg.world_size * cfg.num_streams / len(shards.urls)))
+            views = self.num_samples * cfg.repeats
+            self.num_batches = views // G if cfg.drop_last else math.ceil(views / G)
+        self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control)
         if self.num_batches <= 0:
-            raise ValueError(f"no full batch per rank: {self.num_samples} samples, batch_size "
-                             f"{cfg.batch_size}, world_size {cfg.world_size}, drop_last={cfg.drop_last}")
+            raise ValueError(f"no full batch: {self.num_samples} samples, global micro-batch {G} (batch_size "
+                             f"{cfg.batch_size} x world_size {cfg.world_size}), drop_last={cfg.drop_last}")
 
     def __len__(self) -> int:
         return self.num_batches
+
+    @property
+    def global_batch(self) -> int:
+        """G = batch_size x world_size: the epoch's order depends on it (and on seed, epoch, shards) only."""
+        return self.cfg.global_batch
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next ``iter(loader)`` runs (shuffling and augmentation depend on it)."""
@@ -122,57 +234,94 @@ class StreamLoader:
         return self.iterate(self.epoch)
 
     def plan(self, epoch: int) -> EpochPlan:
-        """Which parts this rank's streams read in ``epoch`` (same computation on every rank)."""
-        cfg = self.cfg
-        parts = make_parts(self.shards, self.num_parts)
-        if cfg.mode == "resampled":
-            counts = self.shards.counts
-            weights = [float(c) for c in counts] if counts and sum(counts) > 0 else None
-            return EpochPlan(epoch, self.num_batches, [], parts, weights)
-        tie_seed = mix_seed(cfg.seed, epoch, "assign") if cfg.shuffle else None
-        slots = assign_parts(parts, cfg.world_size * cfg.num_streams, tie_seed)
-        streams = [slots[stream * cfg.world_size + cfg.rank] for stream in range(cfg.num_streams)]
-        return EpochPlan(epoch, self.num_batches, streams, parts, None)
+        """Which parts every logical stream reads in ``epoch`` (same computation on every rank)."""
+        return EpochPlanner(self.shards, self.cfg, self.num_batches)(epoch)
 
-    def _batches(self, dataset: EpochStream) -> Iterator[dict[str, Any]]:
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        """The readers' partial batches of one pass; persistent workers are started once and told
+        the pass through the shared ``[epoch, start_batch]`` they read at every ``iter()``."""
         if self.num_workers == 0:
-            return iter(dataset)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                            persistent_workers=False)
-        return iter(loader)
+            return iter(EpochStream(self.cfg, self.plan(epoch), start_batch))
+        self._control.copy_(torch.tensor([epoch, start_batch]))
+        if self._loader is None or not self.persistent_workers:
+            self._loader = DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_readers,
+                                      pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
+                                      persistent_workers=self.persistent_workers)
+        return iter(self._loader)
+
+    @staticmethod
+    def _concat(partials: list[dict[str, Any]]) -> dict[str, Any]:
+        """Workers' partial batches (in worker order, i.e. position order) -> one batch."""
+        if len(partials) == 1:
+            return partials[0]
+        batch: dict[str, Any] = {}
+        for name, value in partials[0].items():
+            if isinstance(value, torch.Tensor):
+                try:
+                    batch[name] = torch.cat([p[name] for p in partials])
+                except RuntimeError as exn:
+                    raise RuntimeError(f"batch field {name!r}: workers' parts do not match: {exn}") from None
+            else:
+                batch[name] = [v for p in partials for v in p[name]]
+        return batch
+
+    def _check_pass(self, this_pass: int, epoch: int) -> None:
+        if self._passes != this_pass and self.num_workers > 0 and self.persistent_workers:
+            raise RuntimeError(f"epoch {epoch}: another pass of this loader started before this one ended; "
+                               "persistent workers run one pass at a time (build_loader(..., "
+                               "persistent_workers=False) lets passes interleave)")
 
     def iterate(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, Any]]:
         """Yield batches ``start_batch .. len(self) - 1`` of ``epoch``; identical to the same batches
-        of an uninterrupted iteration (resume). ``.stats`` is updated when the epoch completes."""
+        of an uninterrupted iteration (resume), on any world size with the same global micro-batch.
+        ``.stats`` holds the epoch's skip counts before its last batch is yielded."""
         if not 0 <= start_batch <= self.num_batches:
             raise ValueError(f"start_batch {start_batch} outside [0, {self.num_batches}]")
-        dataset = EpochStream(self.cfg, self.plan(epoch), start_batch)
         counts: Counter = Counter()
         examples: dict[str, str] = {}
         last_warn = time.monotonic()
         expected = start_batch
-        for batch in self._batches(dataset):
-            index = batch.pop("_index")
-            skips = batch.pop("_skips")
-            if index != expected:
-                raise RuntimeError(f"batch order broken: got batch {index}, expected {expected}")
+        partials: list[dict[str, Any]] = []
+        pids: list[int] = []
+        self._passes += 1
+        this_pass = self._passes
+        for partial in self._batches(epoch, start_batch):
+            self._check_pass(this_pass, epoch)
+            index, worker, skips = partial.pop("_index"), partial.pop("_worker"), partial.pop("_skips")
+            pid = partial.pop("_pid")
+            if len(pids) < self.cfg.num_readers:
+                pids.append(pid)
+                if len(pids) == self.cfg.num_readers:
+                    self.reader_pids = pids
+            if (index, worker) != (expected, len(partials)):
+                raise RuntimeError(f"batch order broken: got batch {index} from reader {worker}, "
+                                   f"expected batch {expected} from reader {len(partials)}")
             counts.update(skips["counts"])
             for reason, example in skips["examples"].items():
                 if reason not in examples:
                     examples[reason] = example
-                    logger.warning("rank %d epoch %d: skipping bad sample (%s)", self.cfg.rank, epoch, example)
+                    if self.cfg.rank == 0 or reason not in ("dropped_extra", "dropped_last"):
+                        logger.warning("rank %d epoch %d: skipping bad sample (%s)", self.cfg.rank, epoch, example)
+            partials.append(partial)
+            if len(partials) < self.cfg.num_readers:
+                continue
+            batch, partials = self._concat(partials), []
+            if self.pin_memory and self.num_workers == 0:
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             if skips["counts"] and time.monotonic() - last_warn > _WARN_EVERY_S:
                 last_warn = time.monotonic()
                 logger.warning("rank %d epoch %d: skipped so far %s", self.cfg.rank, epoch, dict(counts))
             expected += 1
+            if expected == self.num_batches:
+                self.stats = dict(counts)
+                if counts:
+                    logger.warning("rank %d epoch %d done: skipped %d samples by reason %s", self.cfg.rank,
+                                   epoch, sum(counts.values()), self.stats)
             yield batch
+        self._check_pass(this_pass, epoch)
         if expected != self.num_batches:
             raise RuntimeError(f"epoch {epoch} ended after {expected} of {self.num_batches} batches")
         self.stats = dict(counts)
-        if counts:
-            logger.warning("rank %d epoch %d done: skipped %d samples by reason %s", self.cfg.rank, epoch,
-                           sum(counts.values()), self.stats)
 
 
 def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | None,
@@ -180,16 +329,37 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
                  seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  need_labels: bool = False, masker: Callable | None = None, shuffle_buffer: int = 1000,
                  shuffle: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, drop_last: bool = False,
-                 pin_memory: bool = False, prefetch_factor: int = 2,
-                 return_meta: bool = False) -> StreamLoader:
-    """Build a :class:`StreamLoader` over ``shards`` (any spec :func:`resolve_shards` accepts).
+                 pin_memory: bool | None = None, prefetch_factor: int = 2, return_meta: bool = False,
+                 label_key: str = "", key_dot: str = "first", num_classes: int | None = None,
+                 repeats: int = 1, persistent_workers: bool = True) -> StreamLoader:
+    """Build a :class:`StreamLoader` over ``shards`` (any spec :func:`resolve` accepts).
 
     ``transform`` maps uint8 (3, H, W) to uint8 (3, h, w) (an :class:`ImageTransform` also gets
-    reduced-scale JPEG decoding); ``masker(batch_size, generator)`` returns extra batch tensors.
-    ``rank``/``world_size`` default to :func:`default_rank_world`. See the module docstring.
+    reduced-scale JPEG decoding); ``masker(batch_size, generator)`` returns extra batch tensors
+    (called once per sample, with that sample's generator). ``rank``/``world_size`` default to
+    :func:`default_rank_world`. ``shuffle_buffer`` raw samples are buffered over the S logical
+    streams (each stream buffers ``min(shuffle_buffer, max(16, ceil(shuffle_buffer / S)))``). ``label_key`` takes labels from that (dotted) field of the
+    ``.json`` member instead of ``.cls``; ``key_dot`` ("first" | "last") is where member names split
+    into key and extension; a label outside [0, ``num_classes``) (default: the number of class
+    names, when known) is skipped and counted as ``label_out_of_range``. ``pin_memory`` (default:
+    when CUDA is available) pins batches so the loop can copy them with ``non_blocking=True``;
+    ``persistent_workers`` keeps the worker processes from one epoch to the next (one pass at a
+    time). ``repeats`` = k views per decoded sample (see "Repeated views" in the module docstring).
+    See the module docstring.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (views per decoded sample), not {repeats}")
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    global _said_decoder
+    if jpeg_decoder() != "simplejpeg" and not _said_decoder and rank in (None, 0):
+        _said_decoder = True
+        logger.warning("simplejpeg is not installed: JPEGs decode through torchvision.io / PIL, about 1.3x "
+                       "slower per image (pip install simplejpeg)")
     if mode not in ("finite", "resampled"):
         raise ValueError(f"mode must be 'finite' or 'resampled', not {mode!r}")
+    if key_dot not in ("first", "last"):
+        raise ValueError(f"key_dot must be 'first' or 'last', not {key_dot!r}")
     if batch_size < 1 or num_workers < 0:
         raise ValueError("batch_size must be >= 1 and num_workers >= 0")
     default_rank, default_world = default_rank_world()
@@ -200,10 +370,25 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
     shard_set = resolve(shards)
     if not shard_set.urls:
         raise ValueError(f"no shards in {shards!r}")
+    if shard_set.key_dot and shard_set.key_dot != key_dot:
+        raise ValueError(f"the manifest of {shards!r} was indexed with key_dot={shard_set.key_dot!r}; "
+                         f"pass key_dot={shard_set.key_dot!r} (data.key_dot={shard_set.key_dot}), not {key_dot!r}")
+    if mode == "finite":
+        shard_set = count_unknown(shard_set, key_dot, rank == 0, samples_per_epoch)
+    global_batch = batch_size * world_size
+    num_streams = choose_streams(global_batch, len(shard_set.urls))
+    if num_classes is None:
+        num_classes = len(shard_set.class_names) if shard_set.class_names else shard_set.num_classes
+    readers = min(max(1, num_workers), batch_size)
+    if num_workers > batch_size and rank == 0:
+        logger.warning("num_workers %d > batch_size %d: %d workers fill a batch's positions", num_workers,
+                       batch_size, readers)
     cfg = StreamConfig(batch_size=batch_size, transform=transform, mode=mode, seed=seed, rank=rank,
-                       world_size=world_size, num_streams=max(1, num_workers), need_labels=need_labels,
-                       masker=masker, shuffle_buffer=shuffle_buffer, shuffle=shuffle, max_pixels=max_pixels,
-                       drop_last=drop_last,
-                       num_classes=len(shard_set.class_names) if shard_set.class_names else None,
-                       return_meta=return_meta)
-    return StreamLoader(shard_set, cfg, num_workers, samples_per_epoch, pin_memory, prefetch_factor)
+                       world_size=world_size, num_streams=num_streams, num_readers=readers,
+                       need_labels=need_labels, masker=masker,
+                       shuffle_buffer=min(shuffle_buffer, max(16, math.ceil(shuffle_buffer / num_streams))),
+                       shuffle=shuffle, max_pixels=max_pixels, drop_last=drop_last, num_classes=num_classes,
+                       return_meta=return_meta, class_names=shard_set.class_names, label_key=label_key,
+                       key_dot=key_dot, counted=shard_set.complete, repeats=repeats)
+    return StreamLoader(shard_set, cfg, num_workers, samples_per_epoch, pin_memory, prefetch_factor,
+                        persistent_workers)

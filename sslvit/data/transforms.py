@@ -6,11 +6,12 @@ whatever device it has reached.
 
 A transform is an :class:`ImageTransform`: a crop box chosen from the source size (random resized
 crop, resize-and-centre-crop, or the whole image), one antialiased bicubic resize of that box to
-the output size, then tensor ops from ``torchvision.transforms.v2`` (flip, RandAugment, colour
-jitter). Because the box is known before any pixel is decoded, the stream can decode JPEGs at a
-reduced DCT scale when the box holds at least 2x (4x, 8x) the output's pixels per side, and skip
-the full-size decode. All randomness comes from torch's global RNG, which the stream seeds per
-sample, so augmentations are reproducible.
+the output size, then tensor ops (flip and colour jitter from ``torchvision.transforms.v2``,
+:class:`RandAugment` and :class:`RandomErasing` as in timm's fine-tuning recipe). Because the box
+is known before any pixel is decoded, the stream can decode JPEGs at a reduced DCT scale when the
+box holds at least 2x (4x, 8x) the output's pixels per side, and skip the full-size decode. All
+randomness comes from torch's global RNG, which the stream seeds per sample, so augmentations are
+reproducible.
 """
 
 from __future__ import annotations
@@ -116,6 +117,193 @@ def _random_resized_crop_box(width: int, height: int, scale: tuple[float, float]
     return (height - h) // 2, (width - w) // 2, max(1, h), max(1, w)
 
 
+def _fill_of(mean: Sequence[float]) -> list[float]:
+    """Per-channel fill value (0..255) for pixels that geometric ops move in: the data mean."""
+    return [float(min(255, round(255 * m))) for m in mean]
+
+
+def _coin(p: float = 0.5) -> bool:
+    return torch.rand(()).item() < p
+
+
+def _signed(value: float) -> float:
+    return -value if _coin() else value
+
+
+_LEVEL_DENOM = 10.0  # a magnitude of 10 is each op's strongest setting
+
+
+def _enhance_increasing(level: float) -> float:
+    """Blend factor in [0.1, 1.9], moving away from 1 (no change) as the level grows."""
+    return max(0.1, 1.0 + _signed(level / _LEVEL_DENOM * 0.9))
+
+
+def _solarize_add(image: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
+    """Add ``add`` to pixels below ``threshold`` (clamped at 255); uint8 (3, H, W)."""
+    raised = image.clamp(max=255 - add) + add  # saturating uint8 add
+    return torch.where(image < threshold, raised, image)
+
+
+def _solarize(image: torch.Tensor, threshold: int) -> torch.Tensor:
+    return image if threshold >= 256 else F.solarize(image, threshold)
+
+
+class RandAugment:
+    """RandAugment on uint8 (3, H, W) tensors, following timm's ``rand-m{M}-n{N}-mstd{S}-inc{0,1}-p{P}``.
+
+    Per image, ``num_ops`` ops are drawn with replacement from the 15 ops of timm's RandAugment;
+    each is applied with probability ``prob`` at a magnitude drawn from N(``magnitude``,
+    ``magnitude_std``) clipped to [0, 10]. ``increasing`` picks the ops whose strength grows with
+    the magnitude (posterize, solarize and the colour / contrast / brightness / sharpness blends).
+    Geometric ops (rotate <= 30 deg, shear <= 0.3, translate <= 0.45 of the side) fill with ``fill``
+    and resample bilinearly (torchvision's tensor kernels have no bicubic). All randomness comes
+    from torch's global RNG, so the stream's per-sample seeding makes it reproducible.
+    """
+
+    INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
+                      "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
+                      "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
+                      "TranslateYRel")
+    OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
+           "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5,
+                 increasing: bool = True, prob: float = 0.5, fill: Sequence[float] = (124.0, 116.0, 104.0),
+                 translate_pct: float = 0.45) -> None:
+        if num_ops < 0 or not 0.0 <= prob <= 1.0 or magnitude_std < 0:
+            raise ValueError(f"RandAugment: num_ops {num_ops} must be >= 0, prob {prob} in [0, 1], "
+                             f"magnitude_std {magnitude_std} >= 0")
+        self.num_ops, self.magnitude, self.magnitude_std = num_ops, float(magnitude), float(magnitude_std)
+        self.increasing, self.prob = increasing, prob
+        self.fill, self.translate_pct = [float(f) for f in fill], translate_pct
+        self.ops = self.INCREASING_OPS if increasing else self.OPS
+
+    @classmethod
+    def from_string(cls, spec: str, size: int | Sequence[int] = 224,
+                    fill: Sequence[float] = (124.0, 116.0, 104.0)) -> RandAugment:
+        """``"rand-m9-mstd0.5-inc1"`` (timm's syntax: m magnitude, n ops, mstd, inc, p) -> RandAugment."""
+        parts = spec.split("-")
+        if parts[0] != "rand":
+            raise ValueError(f"rand_augment {spec!r}: expected 'rand-m9-mstd0.5-inc1' style (starting 'rand')")
+        keys = {"m": "magnitude", "n": "num_ops", "mstd": "magnitude_std", "inc": "increasing", "p": "prob"}
+        kwargs: dict = {"increasing": False, "magnitude": _LEVEL_DENOM, "magnitude_std": 0.0}
+        for part in parts[1:]:
+            key = part.rstrip("0123456789.")
+            try:
+                value = float(part[len(key):])
+            except ValueError:
+                value = None
+            if key not in keys or value is None:
+                raise ValueError(f"rand_augment {spec!r}: cannot read {part!r}; known parts: "
+                                 "m<magnitude> n<ops> mstd<std> inc<0|1> p<prob>")
+            kwargs[keys[key]] = int(value) if key == "n" else bool(value) if key == "inc" else value
+        return cls(fill=fill, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"RandAugment(n={self.num_ops}, m={self.magnitude}, mstd={self.magnitude_std}, "
+                f"inc={int(self.increasing)}, p={self.prob})")
+
+    def _magnitude(self) -> float:
+        m = self.magnitude
+        if self.magnitude_std > 0:
+            m = m + self.magnitude_std * torch.randn(()).item()
+        return max(0.0, min(m, _LEVEL_DENOM))
+
+    def apply_op(self, image: torch.Tensor, name: str, level: float) -> torch.Tensor:
+        """One op at ``level`` in [0, 10] on uint8 (3, H, W) -> uint8 (3, H, W)."""
+        frac = level / _LEVEL_DENOM
+        geometric = dict(interpolation=InterpolationMode.BILINEAR, fill=self.fill)
+        if name == "AutoContrast":
+            return F.autocontrast(image)
+        if name == "Equalize":
+            return F.equalize(image)
+        if name == "Invert":
+            return F.invert(image)
+        if name == "Rotate":
+            return F.rotate(image, _signed(frac * 30.0), **geometric)
+        if name == "Posterize":
+            return F.posterize(image, int(frac * 4))
+        if name == "PosterizeIncreasing":
+            return F.posterize(image, 4 - int(frac * 4))
+        if name == "Solarize":
+            return _solarize(image, min(256, int(frac * 256)))
+        if name == "SolarizeIncreasing":
+            return _solarize(image, 256 - min(256, int(frac * 256)))
+        if name == "SolarizeAdd":
+            return _solarize_add(image, min(128, int(frac * 110)))
+        if name.endswith("Increasing"):
+            factor = _enhance_increasing(level)
+        else:
+            factor = frac * 1.8 + 0.1
+        if name.startswith("Color"):
+            return F.adjust_saturation(image, factor)
+        if name.startswith("Contrast"):
+            return F.adjust_contrast(image, factor)
+        if name.startswith("Brightness"):
+            return F.adjust_brightness(image, factor)
+        if name.startswith("Sharpness"):
+            return F.adjust_sharpness(image, factor)
+        height, width = image.shape[-2:]
+        if name in ("ShearX", "ShearY"):
+            degrees = math.degrees(math.atan(_signed(frac * 0.3)))
+            shear = [degrees, 0.0] if name == "ShearX" else [0.0, degrees]
+            return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0], **geometric)
+        if name in ("TranslateXRel", "TranslateYRel"):
+            shift = _signed(frac * self.translate_pct)
+            move = [shift * width, 0.0] if name == "TranslateXRel" else [0.0, shift * height]
+            return F.affine(image, angle=0.0, translate=move, scale=1.0, shear=[0.0, 0.0], **geometric)
+        raise ValueError(f"unknown RandAugment op {name!r}")
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> uint8 (3, H, W)."""
+        for index in torch.randint(len(self.ops), (self.num_ops,)).tolist():
+            if self.prob < 1.0 and not _coin(self.prob):
+                continue
+            image = self.apply_op(image, self.ops[index], self._magnitude())
+        return image
+
+
+class RandomErasing:
+    """Random erasing (Zhong et al.; timm's ``RandomErasing(mode="pixel", max_count=1)``) on uint8.
+
+    With probability ``prob``, one rectangle of 2%-33% of the image area and aspect ratio in
+    [0.3, 1/0.3] (10 tries to fit) is filled with per-pixel noise that is N(0, 1) after
+    normalisation by ``mean`` / ``std``, i.e. ``(mean + std * z) * 255`` rounded and clamped to
+    0..255. uint8 (3, H, W) -> uint8 (3, H, W).
+    """
+
+    def __init__(self, prob: float = 0.25, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, area: tuple[float, float] = (0.02, 1 / 3),
+                 ratio: tuple[float, float] = (0.3, 1 / 0.3)) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"random erasing probability {prob} outside [0, 1]")
+        self.prob, self.area = prob, area
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0
+
+    def __repr__(self) -> str:
+        return f"RandomErasing(p={self.prob}, area={tuple(round(a, 4) for a in self.area)}, mode='pixel')"
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> uint8 (3, H, W), one rectangle replaced by noise with probability ``prob``."""
+        if not _coin(self.prob):
+            return image
+        channels, height, width = image.shape
+        for _ in range(10):
+            target = torch.empty(()).uniform_(*self.area).item() * height * width
+            aspect = math.exp(torch.empty(()).uniform_(*self.log_ratio).item())
+            h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if w < width and h < height:
+                top = int(torch.randint(0, height - h + 1, ()).item())
+                left = int(torch.randint(0, width - w + 1, ()).item())
+                noise = self.mean + self.std * torch.randn(channels, h, w)  # (3, h, w) in 0..255 units
+                out = image.clone()
+                out[:, top : top + h, left : left + w] = noise.round_().clamp_(0, 255).to(torch.uint8)
+                return out
+        return image
+
+
 def pretrain_transform(size: int = 224, scale: tuple[float, float] = (0.2, 1.0),
                        hflip: bool = True) -> ImageTransform:
     """MAE pretraining: RandomResizedCrop(scale) bicubic + horizontal flip -> uint8 (3, size, size)."""
@@ -124,23 +312,27 @@ def pretrain_transform(size: int = 224, scale: tuple[float, float] = (0.2, 1.0),
 
 
 def finetune_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True,
-                       rand_augment: tuple[int, int] | None = (2, 9),
+                       rand_augment: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
+                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                        color_jitter: float | None = None) -> ImageTransform:
-    """Supervised / fine-tune: RandomResizedCrop + flip + optional RandAugment(num_ops, magnitude)
-    and colour jitter, all on uint8 tensors -> uint8 (3, size, size)."""
+    """Fine-tuning (MAE's FINETUNE.md recipe): RandomResizedCrop(scale) bicubic + flip + RandAugment
+    (``rand_augment``: a timm-style string such as ``"rand-m9-mstd0.5-inc1"``; None or "" = off) +
+    random erasing with probability ``reprob`` (per-pixel noise drawn around ``mean`` / ``std``),
+    all on uint8 tensors -> uint8 (3, size, size). ``color_jitter`` is off (None) as in the recipe,
+    whose RandAugment replaces it."""
     ops: list[Callable] = [v2.RandomHorizontalFlip()] if hflip else []
     if color_jitter:
         ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
-    if rand_augment is not None:
-        num_ops, magnitude = rand_augment
-        ops.append(v2.RandAugment(num_ops=num_ops, magnitude=magnitude,
-                                  interpolation=InterpolationMode.BILINEAR))
+    if rand_augment:
+        ops.append(RandAugment.from_string(rand_augment, size=size, fill=_fill_of(mean)))
+    if reprob > 0:
+        ops.append(RandomErasing(reprob, mean, std))
     return ImageTransform(size, "random_resized_crop", scale=scale, ops=ops)
 
 
 def probe_transform(size: int = 224) -> ImageTransform:
-    """Linear probe training (as in MAE): RandomResizedCrop(0.08, 1) + flip, no RandAugment."""
-    return finetune_transform(size, rand_augment=None)
+    """Linear probe training (as in MAE): RandomResizedCrop(0.08, 1) + flip, no RandAugment, no erasing."""
+    return finetune_transform(size, rand_augment=None, reprob=0.0)
 
 
 def eval_transform(size: int = 224, crop_pct: float = 0.875) -> ImageTransform:

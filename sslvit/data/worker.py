@@ -1,18 +1,23 @@
-"""The per-worker half of the stream: one rank's epoch as one logical stream of batches.
+"""The per-worker half of the stream: a worker's positions of every global micro-batch of one epoch.
 
 See :mod:`sslvit.data.stream` for the layout of an epoch. :class:`EpochStream` is the
-IterableDataset a torch DataLoader worker runs: worker i of a loader started at ``start_batch``
-plays logical stream (start_batch + i) % W, reads its shard parts (or resamples shards), shuffles
-raw samples, cuts them into batch slots, and decodes/augments only the batches it yields.
+IterableDataset a torch DataLoader worker runs. Rank r owns positions ``r*B .. r*B+B-1`` of every
+global micro-batch; worker w of the rank's ``n`` readers owns the contiguous chunk
+``w*B//n .. (w+1)*B//n - 1`` of those. A position p is filled by logical stream ``p // c``
+(sample ``g*c + p % c`` of that stream in global micro-batch g), so the worker reads the few
+streams its chunk touches, in full and in lockstep with every other reader of them, and decodes
+only the samples at its own positions. It yields one partial batch per global micro-batch; the
+main process concatenates the partials of its workers in worker order.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,42 +29,59 @@ from sslvit.data.decode import (
     SampleError,
     decode_image,
     find_member,
+    json_label,
     load_rgb,
     open_image,
     oriented_size,
     parse_label,
 )
-from sslvit.data.plan import Part, mix_seed, stream_quota
+from sslvit.data.plan import Part, mix_seed
 from sslvit.data.tario import RawSample, iter_shard
 from sslvit.data.transforms import ImageTransform
 
 _POOL_SIZE = 64
+_SCAN_LIMIT = 10_000
 
 
 @dataclass
 class StreamConfig:
-    batch_size: int
+    batch_size: int  # per rank
     transform: Callable | None
     mode: str
     seed: int
     rank: int
     world_size: int
-    num_streams: int
+    num_streams: int  # S logical streams of the epoch
+    num_readers: int  # readers (worker processes, or 1 in-process) per rank
     need_labels: bool
     masker: Callable | None
-    shuffle_buffer: int
+    shuffle_buffer: int  # raw samples buffered per logical stream
     shuffle: bool
     max_pixels: int
     drop_last: bool
     num_classes: int | None
     return_meta: bool
+    class_names: list[str] | None = None
+    label_key: str = ""
+    key_dot: str = "first"
+    counted: bool = True  # finite mode: stream loads come from counts (else a surplus is dropped_extra)
+    repeats: int = 1  # views per decoded sample (consecutive positions of its stream)
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def per_stream(self) -> int:
+        """Positions c each stream fills per global micro-batch."""
+        return self.global_batch // self.num_streams
 
 
 @dataclass
 class EpochPlan:
     epoch: int
-    batches: int
-    streams: list[list[Part]]  # finite: this rank's parts per stream
+    batches: int  # global micro-batches in the epoch
+    streams: list[list[Part]]  # finite: the parts of every logical stream
     parts: list[Part]  # every part, canonical order (fallback source for padding)
     weights: list[float] | None  # resampled: shard draw weights
 
@@ -96,45 +118,129 @@ def _shuffled(items: Iterator[RawSample], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
-class EpochStream(IterableDataset):
-    """One epoch of one rank; in worker i it runs logical stream (start_batch + i) % W."""
+def missing_image_detail(raw: RawSample) -> str:
+    """Why a raw sample has no image member: the extensions it has, and a dotted-key hint."""
+    exts = sorted(set(raw.members) | set(raw.other))
+    detail = f"members {exts}"
+    dotted = [e for e in exts if "." in e and e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    if dotted:
+        detail += (f"; the key's basename holds dots ({raw.key}.{dotted[0]} splits at the first dot): "
+                   "pass key_dot='last' (data.key_dot=last)")
+    return detail
 
-    def __init__(self, cfg: StreamConfig, plan: EpochPlan, start_batch: int) -> None:
-        self.cfg, self.plan, self.start_batch = cfg, plan, start_batch
+
+@dataclass
+class _Reader:
+    """One logical stream as read by this worker: its raw iterator, first samples, own errors."""
+
+    raw: Iterator[RawSample]
+    owned: bool  # this worker fills the stream's first position: it reports the stream's errors
+    errors: Counter = field(default_factory=Counter)
+    pool: list[RawSample] = field(default_factory=list)
+    taken: int = 0
+    length: int | None = None  # samples in the stream, once exhausted
+    checked: int = 0  # pool entries tried as a replacement
+    reserve: RawSample | None = None
+
+    def take(self) -> tuple[RawSample | None, bool]:
+        """The stream's next sample (or its padding) -> (raw, is_real)."""
+        t = self.taken
+        self.taken += 1
+        if self.length is None:
+            item = next(self.raw, None)
+            if item is not None:
+                if len(self.pool) < _POOL_SIZE:
+                    self.pool.append(item)
+                return item, True
+            self.length = t
+        pad = t - self.length
+        return (self.pool[pad % len(self.pool)] if self.pool else None), False
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """n x uint8 (3, h, w) -> (n, 3, h, w); in a DataLoader worker the result is allocated in shared
+    memory (as torch's default collate does), so sending it to the main process copies nothing."""
+    if get_worker_info() is None or not images:
+        return torch.stack(images)
+    first = images[0]
+    storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(images), *first.shape)
+    return torch.stack(images, out=out)
+
+
+def _repeated(items: Iterator[RawSample], repeats: int) -> Iterator[RawSample]:
+    """Every sample ``repeats`` times in a row (the same object: its views share one decode)."""
+    for item in items:
+        for _ in range(repeats):
+            yield item
+
+
+class EpochStream(IterableDataset):
+    """One epoch of one rank's positions; in worker w it fills the w-th chunk of them.
+
+    ``plan`` is either one epoch's :class:`EpochPlan` or a function of the epoch returning it,
+    with ``control``: a shared int64 tensor ``[epoch, start_batch]`` that the main process writes
+    before each pass, so that persistent DataLoader workers run the next epoch without being
+    recreated (each ``iter()`` reads it afresh).
+    """
+
+    def __init__(self, cfg: StreamConfig, plan: EpochPlan | Callable[[int], EpochPlan], start_batch: int = 0,
+                 control: torch.Tensor | None = None) -> None:
+        self.cfg, self.start_batch = cfg, start_batch
+        self._planner = plan if callable(plan) else None
+        self.plan = None if callable(plan) else plan
+        self.control = control
         self.errors: Counter = Counter()
         self.examples: dict[str, str] = {}
         self._reported: Counter = Counter()
-        self._pool: list[RawSample] = []
-        self._reserve: tuple | None = None
+        self._reserve: RawSample | None = None
+        self._plans: dict[int, EpochPlan] = {}
 
-    def _raw(self, stream: int) -> Iterator[RawSample]:
+    def _begin(self) -> None:
+        """Select the pass that the next iteration runs (from ``control`` when shared) and reset its counts."""
+        if self.control is not None:
+            epoch, self.start_batch = (int(v) for v in self.control.tolist())
+            if self._planner is not None:
+                if epoch not in self._plans:
+                    self._plans = {epoch: self._planner(epoch)}
+                self.plan = self._plans[epoch]
+        self.errors, self.examples, self._reported = Counter(), {}, Counter()
+        self.__dict__.pop("_decoded_cache", None)
+
+    def chunk(self, worker: int) -> range:
+        """Global positions (within a global micro-batch) that ``worker`` of this rank fills."""
+        cfg = self.cfg
+        lo = cfg.rank * cfg.batch_size + worker * cfg.batch_size // cfg.num_readers
+        hi = cfg.rank * cfg.batch_size + (worker + 1) * cfg.batch_size // cfg.num_readers
+        return range(lo, hi)
+
+    def _raw(self, stream: int, errors: Counter, owned: bool) -> Iterator[RawSample]:
         cfg, plan = self.cfg, self.plan
-        shard_rng = random.Random(mix_seed(cfg.seed, plan.epoch, cfg.rank, stream, "shards"))
-        sample_rng = random.Random(mix_seed(cfg.seed, plan.epoch, cfg.rank, stream, "samples"))
         if cfg.mode == "finite":
-            parts = list(plan.streams[stream])
-            if cfg.shuffle:
-                shard_rng.shuffle(parts)
-            raw = self._read_parts(parts)
+            raw = self._read_parts(plan.streams[stream], errors, owned)
         else:
-            raw = self._resample(shard_rng)
+            raw = self._resample(random.Random(mix_seed(cfg.seed, plan.epoch, stream, "shards")), errors, owned)
         if cfg.shuffle and cfg.shuffle_buffer > 1:
-            return _shuffled(raw, cfg.shuffle_buffer, sample_rng)
-        return raw
+            raw = _shuffled(raw, cfg.shuffle_buffer, random.Random(mix_seed(cfg.seed, plan.epoch, stream, "samples")))
+        return _repeated(raw, cfg.repeats) if cfg.repeats > 1 else raw
 
-    def _read_parts(self, parts: list[Part]) -> Iterator[RawSample]:
+    def _read_parts(self, parts: list[Part], errors: Counter, owned: bool) -> Iterator[RawSample]:
         for part in parts:
-            for raw in iter_shard(part.url, self.errors, part.shard_count, report=part.part == 0):
-                if raw.index % part.num_parts == part.part:
+            report = owned and part.reads_to_end
+            expected = part.shard_count if part.reads_to_end else None
+            for raw in iter_shard(part.url, errors, expected, report=report, key_dot=self.cfg.key_dot):
+                if part.stop is not None and raw.index >= part.stop:
+                    break
+                if raw.index >= part.start:
                     yield raw
 
-    def _resample(self, rng: random.Random) -> Iterator[RawSample]:
+    def _resample(self, rng: random.Random, errors: Counter, owned: bool) -> Iterator[RawSample]:
         parts = self.plan.parts
         empty_reads = 0
         while True:
             part = rng.choices(parts, weights=self.plan.weights)[0]
             got = False
-            for raw in iter_shard(part.url, self.errors, part.shard_count):
+            for raw in iter_shard(part.url, errors, part.shard_count, report=owned, key_dot=self.cfg.key_dot):
                 got = True
                 yield raw
             empty_reads = 0 if got else empty_reads + 1
@@ -142,45 +248,46 @@ class EpochStream(IterableDataset):
                 raise RuntimeError(f"resampled stream: {empty_reads} shard reads in a row gave no "
                                    f"samples (unreadable or empty shards?), e.g. {parts[0].url}")
 
-    def _positions(self, raw: Iterator[RawSample], quota: int) -> Iterator[list[tuple[Any, bool]]]:
-        """Batches of (raw sample or None, is_real); padding cycles the stream's first samples."""
-        size, exhausted, pad = self.cfg.batch_size, False, 0
-        for _ in range(quota):
-            batch: list[tuple[Any, bool]] = []
-            while len(batch) < size:
-                item = None if exhausted else next(raw, None)
-                if item is not None:
-                    if len(self._pool) < _POOL_SIZE:
-                        self._pool.append(item)
-                    batch.append((item, True))
-                    continue
-                exhausted = True
-                batch.append((self._pool[pad % len(self._pool)] if self._pool else None, False))
-                pad += 1
-            yield batch
-        if self.cfg.mode == "finite" and not exhausted and not self.cfg.drop_last:
-            extra = sum(1 for _ in raw)
-            if extra:
-                self.errors["dropped_extra"] += extra
-
-    def _process(self, raw: RawSample) -> tuple[torch.Tensor, int, Any]:
-        """Raw sample -> (uint8 (3, H, W), label, meta); raises SampleError."""
+    def _label(self, raw: RawSample) -> int:
         cfg = self.cfg
-        label_bytes = find_member(raw.members, LABEL_EXTENSIONS)
+        if cfg.label_key:
+            return json_label(raw.members.get("json"), cfg.label_key, cfg.num_classes, cfg.class_names)
+        return parse_label(find_member(raw.members, LABEL_EXTENSIONS), cfg.num_classes, cfg.class_names)
+
+    def _decoded(self, raw: RawSample, data: bytes) -> torch.Tensor:
+        """Full-size uint8 (3, H, W) pixels of ``raw``, decoded once for its consecutive views."""
+        cache: dict[int, tuple[RawSample, torch.Tensor]] = self.__dict__.setdefault("_decoded_cache", {})
+        hit = cache.get(id(raw))
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        pixels = decode_image(data, self.cfg.max_pixels)
+        if len(cache) >= self.__dict__.get("_cache_size", 1):
+            del cache[next(iter(cache))]
+        cache[id(raw)] = (raw, pixels)
+        return pixels
+
+    def _process(self, raw: RawSample, seed: int) -> tuple[torch.Tensor, int, Any]:
+        """Raw sample -> (uint8 (3, H, W), label, meta); augmentation seeded by ``seed``; raises SampleError.
+
+        With ``repeats > 1`` the image is decoded at full size once for all of its views (a view's
+        pixels then never depend on which reader decoded it) and each view draws its own crop."""
+        cfg = self.cfg
         if cfg.need_labels:
-            label = parse_label(label_bytes, cfg.num_classes)
+            label = self._label(raw)
         else:
             try:
-                label = parse_label(label_bytes, cfg.num_classes)
+                label = self._label(raw)
             except SampleError:
                 label = -1
         data = find_member(raw.members, IMAGE_EXTENSIONS)
         if data is None:
-            raise SampleError("missing_image")
-        torch.default_generator.manual_seed(
-            mix_seed(cfg.seed, self.plan.epoch, raw.url.rsplit("/", 1)[-1], raw.key))
+            raise SampleError("missing_image", missing_image_detail(raw))
+        torch.default_generator.manual_seed(seed)
         transform = cfg.transform
-        if isinstance(transform, ImageTransform):
+        if cfg.repeats > 1:
+            pixels = self._decoded(raw, data)
+            image = transform(pixels) if transform is not None else pixels
+        elif isinstance(transform, ImageTransform):
             image = decode_for(transform, data, cfg.max_pixels)
         else:
             image = decode_image(data, cfg.max_pixels)
@@ -193,80 +300,146 @@ class EpochStream(IterableDataset):
                 meta = None
         return image, label, meta
 
-    def _fallback(self) -> tuple:
+    def _usable(self, raw: RawSample) -> bool:
+        try:
+            self._process(raw, 0)
+            return True
+        except SampleError:
+            return False
+
+    def _replacement(self, reader: _Reader) -> RawSample:
+        """The stream's first usable sample read so far, else the corpus's first usable sample."""
+        while reader.reserve is None and reader.checked < len(reader.pool):
+            candidate = reader.pool[reader.checked]
+            reader.checked += 1
+            if self._usable(candidate):
+                reader.reserve = candidate
+        if reader.reserve is not None:
+            return reader.reserve
         if self._reserve is None:
-            for raw in self._pool:
-                try:
-                    self._reserve = self._process(raw)
-                    return self._reserve
-                except SampleError:
-                    pass
-            for part in self.plan.parts:
-                for raw in iter_shard(part.url, Counter(), report=False):
-                    try:
-                        self._reserve = self._process(raw)
-                        return self._reserve
-                    except SampleError:
-                        pass
-            raise RuntimeError("no usable sample in any shard: cannot fill a batch")
+            self._reserve = self._scan()
         return self._reserve
 
-    def _make_batch(self, positions: list[tuple[Any, bool]], index: int) -> dict[str, Any]:
-        cfg = self.cfg
-        results: list[tuple | None] = []
-        for raw, real in positions:
+    def _scan(self) -> RawSample:
+        """The first usable sample of the corpus; raises RuntimeError saying what was found."""
+        found: Counter = Counter()
+        reasons: Counter = Counter()
+        seen = 0
+        for part in self.plan.parts:
+            for raw in iter_shard(part.url, reasons, report=True, key_dot=self.cfg.key_dot):
+                seen += 1
+                found.update({f"*.{e.rsplit('.', 1)[-1]}" if "." in e else e for e in (*raw.members, *raw.other)})
+                try:
+                    self._process(raw, 0)
+                    return raw
+                except SampleError as exn:
+                    reasons[exn.reason] += 1
+                if seen >= _SCAN_LIMIT:
+                    break
+            if seen >= _SCAN_LIMIT:
+                break
+        need = "an image member (." + ", .".join(IMAGE_EXTENSIONS[:4]) + ", ...)"
+        if self.cfg.need_labels:
+            need += (f" and a label (the .json field {self.cfg.label_key!r})" if self.cfg.label_key
+                     else " and a label (." + ", .".join(LABEL_EXTENSIONS) + ")")
+        hint = ""
+        if any("." in e and e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS for e in found):
+            hint = "; keys hold dots, so members split at the first dot: pass key_dot='last' (data.key_dot=last)"
+        raise RuntimeError(f"no usable sample in {seen} samples of {len(self.plan.parts)} shard(s) "
+                           f"(e.g. {self.plan.parts[0].url}): members found (extension: samples) "
+                           f"{dict(found.most_common(12))}; rejected by reason {dict(reasons)}; "
+                           f"the objective needs {need}{hint}")
+
+    def _fill(self, item: tuple[RawSample | None, bool], reader: _Reader, seed: int) -> tuple:
+        """(raw, real) at one position -> (image, label, meta, valid, key); bad samples are counted."""
+        raw, real = item
+        if raw is not None:
             try:
-                results.append(None if raw is None else self._process(raw))
+                image, label, meta = self._process(raw, seed)
+                return image, label, meta, real, raw.key if real else ""
             except SampleError as exn:
-                results.append(None)
                 if real:
                     self.errors[exn.reason] += 1
                     self.examples.setdefault(exn.reason, f"{raw.url}:{raw.key}: {exn}")
-        usable = [r for r in results if r is not None]
-        valid, filled = [], []
-        for k, (result, (_, real)) in enumerate(zip(results, positions, strict=True)):
-            if result is None:
-                result = usable[k % len(usable)] if usable else self._fallback()
-                real = False
-            valid.append(real)
-            filled.append(result)
+        image, label, meta = self._process(self._replacement(reader), seed)
+        return image, label, meta, False, raw.key if raw is not None and real else ""
+
+    def _make_batch(self, filled: list[tuple], g: int, positions: range) -> dict[str, Any]:
+        cfg = self.cfg
         try:
-            images = torch.stack([r[0] for r in filled])
+            images = _stack([f[0] for f in filled])
         except RuntimeError as exn:
             raise RuntimeError(f"transform must return same-size tensors: {exn}") from None
         batch: dict[str, Any] = {
             "image": images,
-            "label": torch.tensor([r[1] for r in filled], dtype=torch.int64),
-            "valid": torch.tensor(valid, dtype=torch.bool),
+            "label": torch.tensor([f[1] for f in filled], dtype=torch.int64),
+            "valid": torch.tensor([f[3] for f in filled], dtype=torch.bool),
+            "key": [f[4] for f in filled],
         }
         if cfg.masker is not None:
-            gen = torch.Generator().manual_seed(mix_seed(cfg.seed, self.plan.epoch, cfg.rank, index, "mask"))
-            batch.update(cfg.masker(cfg.batch_size, gen))
+            masks = []
+            for p in positions:
+                gen = torch.Generator().manual_seed(mix_seed(cfg.seed, self.plan.epoch, g * cfg.global_batch + p,
+                                                             "mask"))
+                masks.append(cfg.masker(1, gen))
+            batch.update({name: torch.cat([m[name] for m in masks]) for name in masks[0]})
         if cfg.return_meta:
-            batch["key"] = [raw.key if raw is not None else None for raw, _ in positions]
-            batch["meta"] = [r[2] for r in filled]
+            batch["meta"] = [f[2] for f in filled]
         return batch
 
-    def _report(self) -> dict[str, Any]:
-        delta = self.errors - self._reported
-        self._reported = Counter(self.errors)
+    def _drain(self, reader: _Reader) -> None:
+        """Count what a finite stream holds beyond the epoch's last batch (before that batch goes out)."""
+        if self.cfg.mode != "finite" or reader.length is not None:
+            return
+        extra, last = 0, None
+        for raw in reader.raw:
+            extra += raw is not last
+            last = raw
+        if extra:
+            self.errors["dropped_last" if self.cfg.drop_last and self.cfg.counted else "dropped_extra"] += extra
+
+    def _report(self, readers: dict[int, _Reader]) -> dict[str, Any]:
+        total = Counter(self.errors)
+        for reader in readers.values():
+            if reader.owned:
+                total.update(reader.errors)
+        delta = total - self._reported
+        self._reported = total
         return {"counts": dict(delta), "examples": dict(self.examples)}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._begin()
+        cfg, plan = self.cfg, self.plan
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        streams = self.cfg.num_streams
-        stream = (self.start_batch + worker) % streams
-        skip = (self.start_batch + worker) // streams
-        quota = stream_quota(self.plan.batches, stream, streams)
+        positions = self.chunk(worker)
+        c = cfg.per_stream
+        readers: dict[int, _Reader] = {}
+        for k in sorted({p // c for p in positions}):
+            reader = _Reader(iter(()), owned=k * c in positions)
+            reader.raw = self._raw(k, reader.errors, reader.owned)
+            readers[k] = reader
         in_main = info is None
-        for local, positions in enumerate(self._positions(self._raw(stream), quota)):
-            if local < skip:
+        self._cache_size = len(readers) + 1  # decoded images kept for later views: one per stream read
+        for g in range(plan.batches):
+            items: dict[int, tuple[RawSample | None, bool]] = {}
+            for k, reader in readers.items():
+                for i in range(c):
+                    item = reader.take()
+                    if k * c + i in positions:
+                        items[k * c + i] = item
+            if g < self.start_batch:
                 continue
+            if g == plan.batches - 1:
+                for reader in readers.values():
+                    if reader.owned:
+                        self._drain(reader)
             state = torch.default_generator.get_state() if in_main else None
-            batch = self._make_batch(positions, local * streams + stream)
+            filled = [self._fill(items[p], readers[p // c], mix_seed(cfg.seed, plan.epoch, g * cfg.global_batch + p))
+                      for p in positions]
+            batch = self._make_batch(filled, g, positions)
             if state is not None:
                 torch.default_generator.set_state(state)
-            batch["_index"] = local * streams + stream
-            batch["_skips"] = self._report()
+            batch["_index"], batch["_worker"], batch["_pid"] = g, worker, os.getpid()
+            batch["_skips"] = self._report(readers)
             yield batch

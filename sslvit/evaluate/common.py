@@ -9,37 +9,31 @@ keys and wrong types fail before any work starts, naming the key).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import re
 import sys
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
 from sslvit import config as config_lib
-from sslvit.checkpoint import load_checkpoint
-
-
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a default and its ``--help`` text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from sslvit.checkpoint import hub_repo_id, load_checkpoint
+from sslvit.config import opt, source_comments
 
 
 @dataclass
 class EvalConfig:
     """Options shared by the frozen-encoder evaluators (linear probe, kNN)."""
 
-    checkpoint: str = opt("", "encoder to evaluate: sslvit .safetensors, or a plain ViT state dict "
-                              "(.safetensors / .pth, common timm/MAE/DeiT names)")
-    model: str = opt("", "registered variant name (e.g. vit_base_patch16) for plain state dicts whose "
-                         "architecture cannot be inferred from the tensor shapes")
+    checkpoint: str = opt("", "encoder to evaluate: sslvit .safetensors, a plain ViT state dict "
+                              "(.safetensors / .pth, common timm/MAE/DeiT names; an MAE decoder is dropped), "
+                              "a run directory, a published folder (config.json + model.safetensors), or a "
+                              "Hub repo hf:ORG/NAME (or ORG/NAME when no such local path exists)")
+    model: str = opt("", "registered variant or timm name (e.g. vit_base_patch16, vit_base_patch16_224) for "
+                         "plain state dicts whose architecture cannot be inferred from the tensor shapes")
     train: str = opt("", "training split: shard spec (directory, manifest.json, brace pattern, "
                          "comma list) or 'hf:NAME[:SPLIT]'; '' = the built-in digits train split")
     val: str = opt("", "validation split, same forms as --train; '' = the built-in digits val split")
@@ -60,15 +54,6 @@ class EvalConfig:
     seed: int = opt(0, "random seed (probe initialisation, batch order, held-out split)")
 
 
-def _source_comments(cls: type) -> dict[str, str]:
-    """Trailing ``# comments`` of a dataclass's field lines, by field name."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, re.M))
-
-
 def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None, defaults: Any = None) -> str:
     """One entry per (nested) field of ``cls``: ``--name TYPE (default: X)`` and its meaning.
 
@@ -78,7 +63,7 @@ def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None,
     """
     defaults = cls() if defaults is None else defaults
     hints = typing.get_type_hints(cls)
-    comments = _source_comments(cls)
+    comments = source_comments(cls)
     lines = []
     for f in dataclasses.fields(cls):
         name, tp, default = f"{prefix}{f.name}", hints[f.name], getattr(defaults, f.name)
@@ -143,9 +128,17 @@ def parse_cli(
 
 
 def load_encoder(cfg: EvalConfig, **overrides: Any) -> nn.Module:
-    """Load ``cfg.checkpoint`` as an encoder (eval mode), ``cfg.model`` naming plain state dicts."""
+    """Load ``cfg.checkpoint`` (any spec of :func:`sslvit.checkpoint.resolve_checkpoint`) as an
+    encoder (eval mode), ``cfg.model`` (registered or timm name) naming plain state dicts."""
     if not cfg.checkpoint:
         raise config_lib.ConfigError("checkpoint: required (--checkpoint PATH)")
+    if cfg.model:
+        from sslvit.models import resolve_model_name
+
+        try:
+            resolve_model_name(cfg.model)
+        except KeyError as err:
+            raise config_lib.ConfigError(f"model: {err}") from None
     return load_checkpoint(cfg.checkpoint, model_name=cfg.model or None, **overrides)
 
 
@@ -154,9 +147,21 @@ def encoder_image_size(encoder: nn.Module) -> int:
     return int(encoder.img_size[0])
 
 
+def default_output_dir(checkpoint: str) -> Path:
+    """Where an evaluation of ``checkpoint`` writes by default: ``<file's dir>/eval`` for a file,
+    ``<dir>/eval`` for a run directory or published folder, ``runs/hub/ORG--NAME/eval`` for a Hub repo."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path.resolve() / "eval"
+    repo_id = hub_repo_id(checkpoint) if not path.exists() else None
+    if repo_id is not None:
+        return Path("runs") / "hub" / repo_id.replace("/", "--") / "eval"
+    return path.resolve().parent / "eval"
+
+
 def output_dir(cfg: EvalConfig) -> Path:
-    """``cfg.out_dir`` or ``<checkpoint dir>/eval``, created."""
-    out = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).resolve().parent / "eval"
+    """``cfg.out_dir`` or :func:`default_output_dir` of the checkpoint, created."""
+    out = Path(cfg.out_dir) if cfg.out_dir else default_output_dir(cfg.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from sslvit.checkpoint import normalization, read_metadata, sha256_file
 from sslvit.evaluate.common import EvalConfig, encoder_image_size, load_encoder, output_dir
+from sslvit.runtime import progress
 
 
 @torch.no_grad()
@@ -47,8 +48,13 @@ def extract_features(
     pool: str = "auto",
     last_k: int = 1,
     accelerator: Accelerator | None = None,
+    desc: str = "features",
+    leave: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``encoder`` over every batch of ``loader`` and gather the results from all ranks.
+
+    A progress bar labelled ``desc`` counts the batches on the main process (``leave=False``: cleared
+    when done).
 
     Batches hold "image" uint8 (N, 3, H, W) (or float in [0, 1]), "label" (N,) and optionally
     "valid" (N,) (False for padding repeats, dropped). Returns features (M, F) float32 and labels
@@ -59,7 +65,7 @@ def extract_features(
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     feats, labels, valid = [], [], []
-    for batch in loader:
+    for batch in progress(loader, desc=desc, unit="batch", leave=leave):
         images = batch["image"].to(device, non_blocking=True)
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         with accelerator.autocast() if accelerator is not None else nullcontext():
@@ -188,7 +194,7 @@ def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None)
             out[split] = {"x": tensors["x"], "y": tensors["y"]}
             continue
         loader = make_eval_loader(spec, image_size, cfg.batch_size, cfg.num_workers, accelerator, cfg.crop_pct)
-        x, y = extract_features(encoder, loader, mean, std, cfg.pool, cfg.last_k, accelerator)
+        x, y = extract_features(encoder, loader, mean, std, cfg.pool, cfg.last_k, accelerator, f"features {split}")
         if x.shape[0] == 0:
             raise ValueError(f"{split} split {spec!r} gave no labelled samples")
         out[split] = {"x": x, "y": y}

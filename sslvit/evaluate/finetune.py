@@ -1,10 +1,14 @@
 """Full fine-tuning of a pretrained encoder with a fresh classification head, validated every epoch.
 
-Built on :func:`sslvit.train.train` with the supervised objective (label smoothing, MixUp, CutMix)
-and layer-wise learning-rate decay (``optim.layer_decay``; the encoder's own ``layer_id``: embeddings
+Built on :func:`sslvit.train.train` with the supervised objective (label smoothing, MixUp, CutMix),
+the fine-tune training transform (RandomResizedCrop + flip + RandAugment + random erasing,
+``finetune.rand_augment`` / ``finetune.reprob``; validation uses resize + centre crop) and
+layer-wise learning-rate decay (``optim.layer_decay``; the encoder's own ``layer_id``: embeddings
 are layer 0, blocks count up with depth (across stages for Swin and PoolFormer), the final norm and
 head are ``num_layers``, so a parameter's lr is ``peak * decay ** (num_layers - layer)``). Drop path comes from ``model.drop_path_rate``; a
-``data.image_size`` other than the checkpoint's resamples the position embeddings. The run
+``data.image_size`` other than the checkpoint's resamples the position embeddings. ``hf:`` data
+specs are converted once into shards under ``<train.out_dir>/hf_shards/``. Labels that the train or
+val manifest records beyond the head's classes are refused before any training. The run
 directory is a normal run (``model.safetensors``, ``config.yaml``, ``metrics.jsonl``) plus
 ``finetune.json`` with the validation history.
 """
@@ -16,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -45,14 +49,21 @@ class FinetuneOptions:
                               "(.safetensors / .pth); model.name names its variant when not inferable")
     eval_batch_size: int = opt(128, "images per process per validation batch")
     eval_crop_pct: float = opt(0.875, "validation transform: resize to image_size / crop_pct, centre crop")
+    rand_augment: str = opt("rand-m9-mstd0.5-inc1", "training RandAugment in timm's syntax (rand-m<magnitude>-"
+                                                    "n<ops>-mstd<std>-inc<0|1>-p<prob>); '' = off")
+    reprob: float = opt(0.25, "training random-erasing probability (one rectangle of per-pixel noise); 0 = off")
 
 
 @dataclass
 class FinetuneConfig(RunConfig):
     """A run config plus a ``finetune`` section. The defaults fine-tune a small encoder on the built-in
     digits corpus in minutes on a CPU (20 epochs, batch 32, peak lr 1e-3, layer decay 0.75, drop path
-    0.1, label smoothing 0.1; MixUp / CutMix off, as they slow such short runs down); the ImageNet
-    recipe is sslvit/configs/finetune_mae_vit_base.yaml."""
+    0.1, label smoothing 0.1; MixUp / CutMix, RandAugment and random erasing off, as they slow such
+    short runs down); the ImageNet recipe, with all of them on, is
+    sslvit/configs/finetune_mae_vit_base.yaml. Its training loader uses the fine-tune transform
+    (``stage = "finetune"``, see :mod:`sslvit.data_setup`)."""
+
+    stage: ClassVar[str] = "finetune"
 
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=32, crop_scale=(0.5, 1.0), hflip=False))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="", drop_path_rate=0.1))
@@ -61,7 +72,7 @@ class FinetuneConfig(RunConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         base_lr=8e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=3, layer_decay=0.75))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, log_every=20))
-    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+    finetune: FinetuneOptions = field(default_factory=lambda: FinetuneOptions(rand_augment="", reprob=0.0))
 
 
 @torch.no_grad()
@@ -123,21 +134,37 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     the encoder (its new head initialised from ``train.seed``) and a description of the inputs
     (checkpoint path + sha256, data specs).
     """
-    from sslvit.data_setup import default_shards
+    from sslvit.data_setup import (
+        check_label_range,
+        default_shards,
+        hf_cache_dir,
+        read_manifest,
+        stage_transform,
+    )
     from sslvit.evaluate.features import resolve_normalization
+    from sslvit.evaluate.hf_data import resolve_spec
 
     if not cfg.finetune.checkpoint:
         raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
     if not objective_class(cfg.objective.name).needs_labels:
         raise ConfigError(f"objective.name: fine-tuning needs an objective that trains on labels "
                           f"(such as 'supervised'), got {cfg.objective.name!r}")
+    try:
+        stage_transform(cfg, "finetune")  # a bad finetune.rand_augment / finetune.reprob fails here
+    except ValueError as err:
+        raise ConfigError(f"finetune.rand_augment / finetune.reprob: {err}") from None
     state = PartialState()
     train_spec = cfg.data.train_shards or default_shards("train", cfg.data.digits_image_size, state)
     val_spec = cfg.data.val_shards or default_shards("val", cfg.data.digits_image_size, state)
+    train_spec = resolve_spec(train_spec, hf_cache_dir(cfg), state)
+    val_spec = resolve_spec(val_spec, hf_cache_dir(cfg), state)
+    key = "objective.num_classes" if cfg.objective.num_classes or not cfg.model.num_classes else "model.num_classes"
     classes = cfg.objective.num_classes or cfg.model.num_classes or num_classes_of(train_spec)
     if classes <= 0:
         raise ConfigError(f"objective.num_classes: the manifest of {train_spec!r} does not record the "
                           "number of classes; set objective.num_classes")
+    for spec in (train_spec, val_spec):
+        check_label_range(read_manifest(spec), classes, spec, key)
     set_seed(cfg.train.seed)  # the fresh head's initialisation, so a run repeats exactly
     overrides: dict[str, Any] = {"num_classes": classes, "drop_path_rate": cfg.model.drop_path_rate}
     if cfg.model.global_pool is not None:
@@ -169,6 +196,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     ``history``, ``model_path``, ``metrics_path`` on the main process).
     """
     from sslvit.evaluate.features import make_eval_loader
+    from sslvit.runtime import resolve_grad_accum
     from sslvit.train import EpochContext, train
 
     start = time.time()
@@ -187,7 +215,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         ctx.accelerator.print(f"epoch {ctx.epoch} step {ctx.step}: val top-1 {result['top1']:.2f}%")
         return {"val_top1": result["top1"], "val_top5": result["top5"]}
 
-    result = train(cfg, encoder=encoder, on_epoch_end=validate)
+    result = train(cfg, encoder=encoder, on_epoch_end=validate, desc="finetune")
     state = PartialState()
     if not history or history[-1]["step"] != result.steps:
         accelerator = loaders.get("accelerator") or Accelerator()
@@ -196,7 +224,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                                   cfg.data.num_workers, accelerator, cfg.finetune.eval_crop_pct)
         scores = evaluate_classifier(final, loader, mean, std, accelerator)
         history.append({"epoch": None, "step": result.steps, "val_top1": scores["top1"], "val_top5": scores["top5"]})
-    global_batch = cfg.data.batch_size * cfg.train.grad_accum * state.num_processes
+    global_batch = cfg.data.batch_size * resolve_grad_accum(cfg.train.grad_accum)[0] * state.num_processes
     o = cfg.optim
     metrics = {
         "evaluator": "finetune",
@@ -207,6 +235,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "steps": result.steps, "epochs": cfg.train.epochs, "image_size": cfg.model.img_size,
             "drop_path_rate": cfg.model.drop_path_rate, "mixup_alpha": cfg.objective.mixup_alpha,
             "cutmix_alpha": cfg.objective.cutmix_alpha, "label_smoothing": cfg.objective.label_smoothing,
+            "rand_augment": cfg.finetune.rand_augment, "reprob": cfg.finetune.reprob,
         },
         "val_top1": history[-1]["val_top1"],
         "val_top5": history[-1]["val_top5"],

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
+from sslvit.runtime import progress
 
 
 @dataclass
@@ -47,7 +48,7 @@ def knn_scores(
     bank = F.normalize(train_x.float(), dim=1)
     labels = train_y.long().to(bank.device)
     out = []
-    for start in range(0, query_x.shape[0], chunk):
+    for start in progress(range(0, query_x.shape[0], chunk), desc="kNN", unit="chunk", leave=False):
         q = F.normalize(query_x[start : start + chunk].float().to(bank.device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)  # (q, k)
         weights = (sim / temperature).exp()

@@ -20,6 +20,7 @@ from accelerate import PartialState
 from torch import nn
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
+from sslvit.runtime import progress
 
 
 @dataclass
@@ -70,10 +71,12 @@ def train_heads(
     lrs: torch.Tensor,
     wds: torch.Tensor,
     cfg: ProbeConfig,
+    desc: str = "probe",
 ) -> StackedProbe:
     """Train one head per (lrs[h], wds[h]) pair together with SGD + momentum and a cosine schedule.
 
     x: (N, D) float features, y: (N,) int64, lrs / wds: (H,). Returns the probe in eval mode.
+    A progress bar labelled ``desc`` counts the epochs on the main process.
     """
     probe = StackedProbe(x.shape[1], num_classes, lrs.numel(), torch.Generator().manual_seed(cfg.seed))
     probe = probe.to(x.device).train()
@@ -85,7 +88,7 @@ def train_heads(
     steps_per_epoch = max(1, math.ceil(x.shape[0] / cfg.probe_batch_size))
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     step = 0
-    for _ in range(cfg.epochs):
+    for _ in progress(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
         order = torch.randperm(x.shape[0], generator=gen).to(x.device)
         for start in range(0, x.shape[0], cfg.probe_batch_size):
             idx = order[start : start + cfg.probe_batch_size]
@@ -139,7 +142,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConf
     wds = torch.tensor([g[1] for g in grid], dtype=torch.float32)
     fit_idx, held_idx = holdout_split(y.cpu(), cfg.holdout_fraction, cfg.seed)
     fit_idx, held_idx = fit_idx.to(x.device), held_idx.to(x.device)
-    probe = train_heads(x[fit_idx], y[fit_idx], num_classes, lrs, wds, cfg)
+    probe = train_heads(x[fit_idx], y[fit_idx], num_classes, lrs, wds, cfg, f"probe sweep ({len(grid)} heads)")
     sweep = []
     if held_idx.numel() > 0:
         logits = predict(probe, x[held_idx])  # (H, n, C)
@@ -153,7 +156,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConf
         best = 0
     lr, wd = grid[best]
     if cfg.refit:
-        chosen = train_heads(x, y, num_classes, lrs[best : best + 1], wds[best : best + 1], cfg).head(0)
+        chosen = train_heads(x, y, num_classes, lrs[best : best + 1], wds[best : best + 1], cfg, "probe refit").head(0)
     else:
         chosen = probe.head(best)
     return {"probe": chosen, "lr": lr, "weight_decay": wd, "sweep": sweep, "holdout_size": int(held_idx.numel())}

@@ -7,6 +7,7 @@ Hub files come through ``huggingface_hub.hf_hub_download``, so they land in (and
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -17,17 +18,25 @@ from sslvit.hub.common import CONFIG_NAME, WEIGHTS_NAME, PublishError, check_rep
 from sslvit.hub.export import model_config_from_hub
 
 
-def _download(
+def download_files(
     repo_id: str,
-    revision: str | None,
-    cache_dir: str | Path | None,
-    token: str | bool | None,
-    endpoint: str | None,
-    local_files_only: bool,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    local_files_only: bool = False,
 ) -> tuple[Path, Path]:
+    """(``config.json``, ``model.safetensors``) of Hub repo ``repo_id``, downloaded into the cache.
+
+    ``endpoint`` and ``cache_dir`` default to ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` as set when this
+    is called; the token, when None, is huggingface_hub's (``HF_TOKEN`` or the saved login).
+    """
     from huggingface_hub import hf_hub_download
 
     from sslvit import __version__
+
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
 
     paths = [
         Path(
@@ -79,7 +88,7 @@ def from_pretrained(
             repo_id = check_repo_id(str(name_or_path), need_namespace=False)
         except PublishError as err:
             raise PublishError(f"{name_or_path!r} is neither a folder nor a Hub repo id ({err})") from None
-        config_path, weights_path = _download(repo_id, revision, cache_dir, token, endpoint, local_files_only)
+        config_path, weights_path = download_files(repo_id, revision, cache_dir, token, endpoint, local_files_only)
     config = json.loads(config_path.read_text())
     state = load_file(str(weights_path), device="cpu")
     model = build_model(model_config_from_hub(config, state))

@@ -5,6 +5,11 @@ Parameter names follow the common ViT convention (timm, MAE, DeiT): ``patch_embe
 ``norm``, ``head``. 2-D learned position embeddings use ``pos_embed_row``, ``pos_embed_col`` and
 ``pos_embed_prefix`` (the prefix tokens' own positions).
 
+Two forms of timm / MAE / DeiT checkpoints: ``fc_norm=True`` moves the final norm after pooling
+(``fc_norm`` instead of ``norm``, as timm's and MAE's average-pool models), and ``distilled=True``
+adds DeiT's distillation token (``dist_token``, second prefix token) and head (``head_dist``); its
+pooled feature is the mean of the class and distillation tokens, its logits the mean of both heads.
+
 The paper's position-coding ablation (appendix D.4, table 8) is two options: ``pos_embed`` (none,
 1-D ``learned``, ``learned_2d``, ``sincos`` or ``relative`` attention) and ``pos_embed_at``:
 ``input`` (added once, the default), ``every_layer`` (a separate table added to the input of every
@@ -84,6 +89,8 @@ class VisionTransformer(Encoder):
         layer_scale_init: float | None = None,
         head_type: str = "linear",
         norm_eps: float = 1e-6,
+        fc_norm: bool = False,
+        distilled: bool = False,
         arch: str | None = None,
     ):
         super().__init__()
@@ -96,6 +103,11 @@ class VisionTransformer(Encoder):
             raise ValueError(f"global_pool={global_pool!r} needs 'avg', or 'token' with a class token")
         if pos_embed_2d_mode not in ("sum", "concat") or head_type not in ("linear", "pre_logits"):
             raise ValueError(f"bad pos_embed_2d_mode={pos_embed_2d_mode!r} or head_type={head_type!r}")
+        if distilled and not (class_token and global_pool == "token" and not fc_norm and head_type == "linear"):
+            raise ValueError("distilled=True (DeiT's distillation token) needs class_token=True, "
+                             "global_pool='token', fc_norm=False and head_type='linear', as timm's "
+                             f"VisionTransformerDistilled; got class_token={class_token}, "
+                             f"global_pool={global_pool!r}, fc_norm={fc_norm}, head_type={head_type!r}")
         self._config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self._config["img_size"] = img_size if isinstance(img_size, int) else list(_pair(img_size))
         self.arch = arch
@@ -104,9 +116,11 @@ class VisionTransformer(Encoder):
         self.pos_embed_kind = pos_embed
         self.pos_embed_2d_mode = pos_embed_2d_mode
         self.pos_embed_at = pos_embed_at
-        self.num_prefix_tokens = 1 if class_token else 0
+        self.distilled = bool(distilled)
+        self.num_prefix_tokens = int(class_token) + int(self.distilled)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.distilled else None
         self._init_pos_embed()
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         rel = self.num_prefix_tokens + self.patch_embed.num_patches if pos_embed == "relative" else 0
@@ -114,7 +128,9 @@ class VisionTransformer(Encoder):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], layer_scale_init, norm_eps, rel)
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        # fc_norm: tokens leave un-normalised and the pooled feature is normalised (timm's avg-pool form)
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
         self.apply(self._init_module)
         self.num_classes = 0
         self.reset_classifier(num_classes, head_type)
@@ -122,6 +138,8 @@ class VisionTransformer(Encoder):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     # geometry ---------------------------------------------------------------------------------
     @property
@@ -218,7 +236,7 @@ class VisionTransformer(Encoder):
         x: images (N, C, H, W) or patch tokens (N, L, D) from ``embed``; mask: optional bool
         (N, L), True = hidden, the same count per row -> (N, P + L_kept, D) (dropped), or with
         ``mask_token`` (1, 1, D) -> (N, P + L, D) (replaced). Position embeddings are added after
-        the mask token and before dropping; prefix tokens come first.
+        the mask token and before dropping; prefix tokens (class, then distillation) come first.
         """
         self.check_mask(mask, mask_token)
         if x.ndim == 4:
@@ -235,8 +253,9 @@ class VisionTransformer(Encoder):
         if mask is not None and mask_token is None:
             x = keep_visible(x, mask)
         if self.cls_token is not None:
-            cls = self.cls_token if prefix_pos is None else self.cls_token + prefix_pos
-            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+            prefix = self.cls_token if self.dist_token is None else torch.cat([self.cls_token, self.dist_token], 1)
+            prefix = prefix if prefix_pos is None else prefix + prefix_pos  # (1, P, D)
+            x = torch.cat([prefix.expand(x.shape[0], -1, -1), x], dim=1)
         return x
 
     def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, dropped: bool, attention: bool = False):
@@ -279,8 +298,31 @@ class VisionTransformer(Encoder):
         outs = [t for t, _ in self._run_blocks(self.prepare_tokens(x), None, dropped=False)]
         return [self.norm(t) for t in outs[-last_k:]]
 
+    def pool(self, tokens: torch.Tensor, how: str | None = None) -> torch.Tensor:
+        """Pooled features: tokens (N, P + L, D) -> (N, D) for "token" / "avg", (N, 2D) for "token+avg".
+
+        "token" is the class token, or with distillation the mean of the class and distillation
+        tokens; with ``fc_norm`` each pooled part is normalised by it (as timm's ``forward_head``).
+        """
+        how = how or self.global_pool
+        if not self.distilled or how not in ("token", "token+avg"):
+            pooled = super().pool(tokens, how)
+            if isinstance(self.fc_norm, nn.Identity):
+                return pooled
+            return torch.cat([self.fc_norm(part) for part in pooled.split(self.embed_dim, dim=-1)], dim=-1)
+        parts = [(tokens[:, 0] + tokens[:, 1]) / 2]
+        if how == "token+avg":
+            parts.append(tokens[:, self.num_prefix_tokens :].mean(dim=1))
+        return torch.cat(parts, dim=-1)
+
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """tokens: (N, P + L, D) -> logits (N, num_classes), or with ``pre_logits`` pooled (N, D)."""
+        """tokens: (N, P + L, D) -> logits (N, num_classes), or with ``pre_logits`` pooled (N, D).
+
+        With distillation the logits are the mean of ``head`` on the class token and ``head_dist``
+        on the distillation token.
+        """
+        if self.distilled and not pre_logits and self.num_classes > 0:
+            return (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2
         x = self.pool(tokens)
         if self.pre_logits is not None:
             x = self.pre_logits(x)
@@ -320,9 +362,12 @@ class VisionTransformer(Encoder):
             nn.init.zeros_(fc.bias)
             self.pre_logits = nn.Sequential(OrderedDict(fc=fc, act=nn.Tanh()))
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        if getattr(self, "distilled", False):
+            self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        for head in (self.head, getattr(self, "head_dist", None)):
+            if isinstance(head, nn.Linear):
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
 
     @torch.no_grad()
     def set_img_size(self, img_size: int | tuple[int, int]) -> None:
@@ -358,14 +403,18 @@ class VisionTransformer(Encoder):
 
     def no_weight_decay(self) -> set[str]:
         """Names of the position tables and prefix tokens (biases and norms are the optimiser's rule)."""
-        names = {"cls_token", "pos_embed", "pos_embed_row", "pos_embed_col", "pos_embed_prefix",
+        names = {"cls_token", "dist_token", "pos_embed", "pos_embed_row", "pos_embed_col", "pos_embed_prefix",
                  "layer_pos_embed", "layer_pos_embed_row", "layer_pos_embed_col"}
         return {n for n, _ in self.named_parameters() if n in names or n.endswith("attn.rel_pos")}
 
     def layer_id(self, name: str) -> int:
         """Layer of a parameter for layer-wise lr decay: embeddings 0, ``blocks.i`` i + 1, rest depth + 1."""
-        embeddings = ("patch_embed", "pos_embed", "cls_token", "mask_token", "layer_pos_embed")
+        embeddings = ("patch_embed", "pos_embed", "cls_token", "dist_token", "mask_token", "layer_pos_embed")
         return block_layer_id(name, "blocks", self.num_layers, embeddings)
+
+    def pool_only_parameters(self) -> set[str]:
+        """``fc_norm.*``: the norm after pooling, which a loss on the output tokens cannot train."""
+        return {f"fc_norm.{n}" for n, _ in self.fc_norm.named_parameters()}
 
     def patch_filters(self) -> torch.Tensor | None:
         return self.patch_embed.proj.weight
@@ -384,14 +433,15 @@ class VisionTransformer(Encoder):
             return flops
         if self.pre_logits is not None:
             flops += 2 * dim * dim
-        return flops + 2 * dim * self.num_classes
+        return flops + 2 * dim * self.num_classes * (1 + int(self.distilled))
 
     # timm and foreign checkpoints -------------------------------------------------------------
     def timm_spec(self) -> dict[str, Any] | str:
         """timm's ``VisionTransformer``: see :func:`sslvit.models.vit_timm.timm_spec`."""
         from sslvit.models.vit_timm import timm_spec
 
-        return timm_spec(self._config, self.img_size)
+        return timm_spec({**self._config, "fc_norm": not isinstance(self.fc_norm, nn.Identity),
+                          "distilled": self.distilled}, self.img_size)
 
     @classmethod
     def owns_state_dict(cls, state: dict[str, torch.Tensor]) -> bool:
@@ -403,6 +453,17 @@ class VisionTransformer(Encoder):
         from sslvit.models.vit_timm import infer_config
 
         return infer_config(state, MODELS)
+
+    @classmethod
+    def state_dict_options(cls, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Constructor options a plain state dict's names fix, whatever variant is named: ``fc_norm.*``
+        -> ``fc_norm=True, global_pool="avg"``; ``dist_token`` -> ``distilled=True``."""
+        options: dict[str, Any] = {}
+        if "fc_norm.weight" in state:
+            options.update(fc_norm=True, global_pool="avg")
+        if "dist_token" in state:
+            options["distilled"] = True
+        return options
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Position tables of another grid resampled to this model's grid (prefix positions kept)."""
@@ -433,3 +494,6 @@ MODELS["vit_nano_patch4"] = variant(VisionTransformer, "vit_nano_patch4", img_si
                                     embed_dim=128, depth=6, num_heads=4)
 MODELS["vit_pico_patch4"] = variant(VisionTransformer, "vit_pico_patch4", img_size=32, patch_size=4,
                                     embed_dim=32, depth=2, num_heads=2)
+for _size in ("tiny", "small", "base"):
+    _name = f"deit_{_size}_distilled_patch16_224"
+    MODELS[_name] = variant(VisionTransformer, _name, img_size=224, patch_size=16, distilled=True, **SIZES[_size])

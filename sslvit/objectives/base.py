@@ -1,7 +1,9 @@
 """The objective interface: ``loss, metrics = objective(batch)`` over an encoder.
 
 The objective is the one extension point for training signals. A subclass owns its typed config
-section (``Config``, a dataclass derived from :class:`sslvit.config.ObjectiveConfig`), whether it
+section (``Config``, a dataclass derived from :class:`sslvit.config.ObjectiveConfig` whose fields
+declare their meaning and allowed range with :func:`sslvit.config.opt` and whose ``check(key)``
+refuses combinations of values; both run when the config is loaded), whether it
 needs labels, which encoder capabilities it requires (``requires``; see
 ``sslvit.models.encoder.CAPABILITIES``), its training transform, what it reports on a model card
 (``card_fields``), its encoder (``self.encoder``, so its state dict reads ``encoder.*`` plus its own

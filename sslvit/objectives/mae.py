@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslvit.config import ObjectiveConfig
+from sslvit.config import ConfigError, ObjectiveConfig, join_key, opt
 from sslvit.masking import RandomMasker
 from sslvit.models.encoder import Encoder, visible_indices
 from sslvit.models.layers import Block, block_flops
@@ -25,11 +25,18 @@ class MAEConfig(ObjectiveConfig):
     """MAE: mask ratio, targets and the decoder."""
 
     name: str = "mae"
-    mask_ratio: float = 0.75  # share of patches hidden per image, in (0, 1)
-    norm_pix_loss: bool = True  # targets normalised per patch (mean 0, std 1)
-    decoder_depth: int = 8  # decoder blocks
-    decoder_dim: int = 512  # decoder width
-    decoder_heads: int = 16  # decoder attention heads
+    mask_ratio: float = opt(0.75, "share of patches hidden per image", gt=0, lt=1)
+    norm_pix_loss: bool = opt(True, "pixel targets normalised per patch (mean 0, std 1)")
+    decoder_depth: int = opt(8, "decoder transformer blocks", ge=1)
+    decoder_dim: int = opt(512, "decoder width (a multiple of objective.decoder_heads)", ge=1)
+    decoder_heads: int = opt(16, "decoder attention heads", ge=1)
+
+    def check(self, key: str) -> None:
+        """Refuse a decoder width that its heads do not divide."""
+        if self.decoder_dim % self.decoder_heads:
+            dim, heads = join_key(key, "decoder_dim"), join_key(key, "decoder_heads")
+            raise ConfigError(f"{dim}: {self.decoder_dim} is out of range; allowed: a multiple of {heads} "
+                              f"({self.decoder_heads})")
 
 
 class MAE(Objective):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslvit.config import ObjectiveConfig
+from sslvit.config import ConfigError, ObjectiveConfig, join_key, opt
 from sslvit.masking import MPPCorruption
 from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
@@ -57,10 +57,26 @@ class MPPConfig(ObjectiveConfig):
     """Masked patch prediction: how many patches are corrupted, how, and what is predicted."""
 
     name: str = "mpp"
-    mask_ratio: float = 0.5  # share of patches corrupted per image, in (0, 1]
-    mpp_target: Literal["color3bit", "color3bit_4x4", "l2_patch"] = "color3bit"  # what is predicted
-    mpp_p_mask: float = 0.8  # share of corrupted patches replaced by the [mask] embedding
-    mpp_p_random: float = 0.1  # share replaced by another patch of the image (the rest stay)
+    mask_ratio: float = opt(0.5, "share of patches corrupted per image", gt=0, le=1)
+    mpp_target: Literal["color3bit", "color3bit_4x4", "l2_patch"] = opt(
+        "color3bit",
+        "what is predicted per corrupted patch: its 3-bit mean colour, the 3-bit colours of its 4x4 "
+        "downsized version, or its normalised pixels (L2)",
+    )
+    mpp_p_mask: float = opt(0.8, "share of corrupted patches replaced by the [mask] embedding", ge=0, le=1)
+    mpp_p_random: float = opt(
+        0.1,
+        "share of corrupted patches replaced by another patch of the image (the rest stay as they are)",
+        ge=0,
+        le=1,
+    )
+
+    def check(self, key: str) -> None:
+        """Refuse corruption shares that add up to more than every corrupted patch."""
+        if self.mpp_p_mask + self.mpp_p_random > 1:
+            p_mask, p_random = join_key(key, "mpp_p_mask"), join_key(key, "mpp_p_random")
+            raise ConfigError(f"{p_random}: {self.mpp_p_random!r} is out of range; allowed: {p_mask} + "
+                              f"{p_random} <= 1 ({p_mask} is {self.mpp_p_mask!r})")
 
 
 class MPP(Objective):

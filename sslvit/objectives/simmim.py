@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslvit.config import ObjectiveConfig
+from sslvit.config import ObjectiveConfig, opt
 from sslvit.masking import BlockMasker
 from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
@@ -20,8 +20,13 @@ class SimMIMConfig(ObjectiveConfig):
     """SimMIM: mask ratio and mask cell size."""
 
     name: str = "simmim"
-    mask_ratio: float = 0.6  # share of mask cells hidden per image, in (0, 1)
-    mask_patch_size: int = 32  # side in pixels of a mask cell (a whole number of patches)
+    mask_ratio: float = opt(0.6, "share of mask cells hidden per image", gt=0, lt=1)
+    mask_patch_size: int = opt(
+        32,
+        "side in pixels of a mask cell (a whole number of patches; else the largest cell of whole patches "
+        "that fits, with a warning)",
+        ge=1,
+    )
 
 
 class SimMIM(Objective):

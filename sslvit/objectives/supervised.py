@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from sslvit.config import ObjectiveConfig
+from sslvit.config import ObjectiveConfig, opt
 from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
 
@@ -20,11 +20,14 @@ class SupervisedConfig(ObjectiveConfig):
     """Supervised classification: classes, loss and label mixing."""
 
     name: str = "supervised"
-    num_classes: int = 0  # classes of the head; 0 = the encoder's own head
-    label_smoothing: float = 0.1  # label smoothing in [0, 1)
-    mixup_alpha: float = 0.0  # MixUp beta parameter; 0 = off
-    cutmix_alpha: float = 0.0  # CutMix beta parameter; 0 = off
-    loss: Literal["ce", "bce"] = "ce"  # softmax cross-entropy or sigmoid BCE (big_vision)
+    num_classes: int = opt(0, "classes of the head; 0 = the encoder's own head (model.num_classes)", ge=0)
+    label_smoothing: float = opt(0.1, "label smoothing of the targets", ge=0, lt=1)
+    mixup_alpha: float = opt(0.0, "MixUp Beta(alpha, alpha) parameter; 0 = off", ge=0)
+    cutmix_alpha: float = opt(0.0, "CutMix Beta(alpha, alpha) parameter; 0 = off", ge=0)
+    loss: Literal["ce", "bce"] = opt(
+        "ce",
+        "'ce' softmax cross-entropy or 'bce' sigmoid cross-entropy summed over classes (big_vision)",
+    )
 
 
 class Supervised(Objective):

@@ -66,3 +66,21 @@ def make_items(count: int, num_classes: int = 3) -> list[SourceItem]:
         items.append(SourceItem(name=f"img.{i}.v2.{'jpg' if i % 2 == 0 else 'png'}", data=data,
                                 label=i % num_classes))
     return items
+
+
+def write_wds_shards(directory: Path, count: int, per_shard: int, key: str = "sample{:06d}",
+                     members=None) -> list[str]:
+    """``count`` samples written by webdataset's own ``ShardWriter`` (no manifest); returns the keys.
+
+    ``members(i)`` gives sample i's members (default: a JPEG and a ``cls`` label ``i % 3``).
+    """
+    import webdataset as wds
+
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = []
+    with wds.ShardWriter(str(directory / "wds-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for i in range(count):
+            sample = members(i) if members else {"jpg": encode(rgb_image(i), "JPEG"), "cls": str(i % 3).encode()}
+            sink.write({"__key__": key.format(i), **sample})
+            keys.append(key.format(i))
+    return keys

@@ -142,3 +142,21 @@ def test_decompression_bomb_refused_before_decoding(images):
     with pytest.raises(SampleError) as err:
         decode_image(data, max_pixels=64 * 63)
     assert err.value.reason == "too_large"
+
+
+def test_labels_from_a_json_field_and_out_of_range_labels_are_counted(tmp_path, images):
+    import json
+
+    with ShardWriter(tmp_path, "j", max_count=100) as writer:
+        for i in range(8):
+            label = 7 if i == 5 else i % 3  # sample 5 is outside [0, 3)
+            writer.write(f"s{i}", {"jpg": images.jpeg(i), "json": json.dumps({"ann": {"y": label}}).encode()})
+        writer.write("nofield", {"jpg": images.jpeg(9), "json": b'{"ann": {}}'})
+    write_manifest({"shards": writer.shards}, tmp_path)
+    loader = build_loader(tmp_path, batch_size=3, transform=None, num_workers=2, need_labels=True,
+                          label_key="ann.y", num_classes=3)
+    batches = list(loader)
+    labels = {k: int(lab) for b in batches for k, lab, v in zip(b["key"], b["label"], b["valid"], strict=True) if v}
+    assert labels == {f"s{i}": i % 3 for i in range(8) if i != 5}
+    assert loader.stats == {"label_out_of_range": 1, "missing_label": 1}
+    assert all(0 <= int(lab) < 3 for b in batches for lab in b["label"])  # never reaches the loss

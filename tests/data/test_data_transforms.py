@@ -76,3 +76,48 @@ def test_normalize_uint8_and_float_agree():
     single = normalize(images[0], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert single.shape == (3, 4, 4) and single.min() >= -1 and single.max() <= 1
     assert normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), (0, 0, 0), (1, 1, 1)).eq(1.0).all()
+
+
+def test_rand_augment_string_and_point_ops_match_timm():
+    """``rand-m9-mstd0.5-inc1`` parses as timm reads it, and the ops that are exact in both (no
+    resampling, no random sign) give timm's PIL pixels at the recipe's magnitude."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import auto_augment as timm_aa
+
+    from sslvit.data.transforms import RandAugment
+
+    ra = RandAugment.from_string("rand-m9-mstd0.5-inc1")
+    timm_ra = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {})
+    assert (ra.num_ops, ra.magnitude, ra.magnitude_std, ra.prob) == (timm_ra.num_layers, 9.0, 0.5, 0.5)
+    assert list(ra.ops) == [op.name for op in timm_ra.ops]
+    assert RandAugment.from_string("rand-n3-m5").ops == RandAugment.OPS  # inc0 (timm's default)
+    for bad in ("rand-m9-q3", "augmix-m9", "rand-mx"):
+        with pytest.raises(ValueError, match="rand_augment"):
+            RandAugment.from_string(bad)
+
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    for name in ("AutoContrast", "Equalize", "Invert", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+                 "Posterize", "Solarize", "Brightness"):
+        level_fn = timm_aa.LEVEL_TO_ARG[name]
+        args = level_fn(9.0, {}) if level_fn is not None else ()
+        theirs = np.asarray(timm_aa.NAME_TO_OP[name](Image.fromarray(pixels), *args))
+        ours = ra.apply_op(tensor, name, 9.0).permute(1, 2, 0).numpy()
+        diff = np.abs(ours.astype(int) - theirs.astype(int)).max()
+        assert diff <= (1 if name == "Brightness" else 0), f"{name}: max difference {diff}"
+
+
+def test_random_erasing_fills_one_rectangle_with_normalised_noise():
+    from sslvit.data.transforms import RandomErasing
+
+    image = torch.full((3, 64, 64), 7, dtype=torch.uint8)
+    erase = RandomErasing(1.0, mean=(0.5, 0.5, 0.5), std=(0.1, 0.1, 0.1))
+    torch.manual_seed(0)
+    out = erase(image)
+    changed = (out != 7).any(0)  # (64, 64)
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    box = out[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].float()
+    assert 0.02 * 64 * 64 <= box[0].numel() <= 64 * 64 / 3 + 64  # one rectangle, 2%..33% of the area
+    assert abs(box.mean().item() - 127.5) < 3 and abs(box.std().item() - 25.5) < 3  # N(0, 1) once normalised
+    assert torch.equal(RandomErasing(0.0)(image), image) and torch.equal(image, torch.full_like(image, 7))

@@ -96,3 +96,55 @@ def test_nothing_outside_the_registry_lists_objective_names():
                 if pattern in text:
                     offenders.append(f"{path.relative_to(root)}: {pattern}")
     assert not offenders
+
+
+CHECKED_OBJECTIVE = '''
+"""A toy objective whose config declares its own ranges, a rule between two fields and meanings."""
+
+from dataclasses import dataclass
+
+from sslvit.config import ConfigError, ObjectiveConfig, join_key, opt
+from sslvit.objectives.base import Objective
+
+
+@dataclass
+class WindowConfig(ObjectiveConfig):
+    name: str = "window"
+    low: float = opt(0.1, "lower edge of the window", ge=0)
+    high: float = opt(0.9, "upper edge of the window", le=1)
+    weight: float = 1.0  # weight of the loss
+
+    def check(self, key: str) -> None:
+        if self.low >= self.high:
+            raise ConfigError(f"{join_key(key, 'low')}: {self.low} is out of range; allowed: < {self.high}")
+
+
+class Window(Objective):
+    name = "window"
+    Config = WindowConfig
+'''
+
+
+@pytest.fixture
+def checked_objective(tmp_path: Path, monkeypatch):
+    folder = tmp_path / "checked"
+    folder.mkdir()
+    (folder / "window.py").write_text(textwrap.dedent(CHECKED_OBJECTIVE))
+    monkeypatch.setattr(objectives_pkg, "__path__", [*objectives_pkg.__path__, str(folder)])
+    objectives.cache_clear()
+    yield
+    objectives.cache_clear()
+    sys.modules.pop("sslvit.objectives.window", None)
+
+
+def test_a_new_objective_brings_its_own_value_checks_and_meanings(checked_objective):
+    cfg = config_lib.load(None, ["objective.name=window", "objective.low=0.2"])
+    assert (cfg.objective.low, cfg.objective.high) == (0.2, 0.9)
+    with pytest.raises(ConfigError, match=r"^objective.low: -0.5 is out of range; allowed: >= 0$"):
+        config_lib.load(None, ["objective.name=window", "objective.low=-0.5"])
+    with pytest.raises(ConfigError, match=r"^objective.low: 0.95 is out of range; allowed: < 0.9$"):
+        config_lib.load(None, ["objective.name=window", "objective.low=0.95"])
+    docs = config_lib.key_docs(cfg)
+    assert docs["objective.low"] == "lower edge of the window [allowed: >= 0]"
+    assert docs["objective.weight"] == "weight of the loss"  # a plain field's trailing comment
+    assert docs["objective.name"].startswith("the objective, a name registered in sslvit.objectives")

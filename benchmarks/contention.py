@@ -9,7 +9,7 @@ Every row runs in a fresh process (thread pools are fixed per process): the defa
 builds its model, objective, optimizer and loader exactly as ``sslvit pretrain`` does, runs
 ``--warmup`` steps, then times ``--steps`` steps. "old" keeps torch's defaults (intra-op and
 inter-op threads = the cores torch sees) next to the loader workers; "new" applies
-``sslvit.runtime.fit_threads`` (intra-op + loader workers fit the usable cores, one inter-op
+``sslvit.threads.fit_threads`` (intra-op + loader workers fit the usable cores, one inter-op
 thread). The competitors are plain Python busy loops, one per usable core, started before the
 row and stopped after it. The table gives steps/s and how many times slower each choice runs
 beside the competitors than alone (a fair share of the cores would give about 2x with as many
@@ -46,7 +46,7 @@ def child(choice: str, steps: int, warmup: int, overrides: list[str]) -> dict[st
     from sslvit.data_setup import resolve_train_data
     from sslvit.objectives import build_objective
     from sslvit.optim import build_optimizer
-    from sslvit.runtime import apply_threads, fit_threads
+    from sslvit.threads import apply_threads, fit_threads
     from sslvit.train import build_encoder
 
     cfg = config_lib.load(str(REPO / "sslvit" / "configs" / "default.yaml"), overrides)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.warmup, args.set)))
         return {}
-    from sslvit.runtime import usable_cores
+    from sslvit.threads import usable_cores
 
     competitors = usable_cores() if args.competitors is None else args.competitors
     print(f"{usable_cores()} usable cores, {competitors} competitors, {args.warmup}+{args.steps} steps per row",

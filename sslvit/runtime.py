@@ -1,5 +1,5 @@
 """Process setup for a run: the accelerator and what decides its options, the trackers, the run
-directory, launcher sanity checks, and progress reporting.
+directory and launcher sanity checks (progress: :mod:`sslvit.progress`; threads: :mod:`sslvit.threads`).
 
 ``accelerate launch`` flags and accelerate config files reach the process as ``ACCELERATE_*``
 environment variables (``ACCELERATE_MIXED_PRECISION``, ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``,
@@ -11,13 +11,11 @@ gradient accumulation and compilation unless ``train.precision`` / ``train.grad_
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
-import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +79,8 @@ def check_launch(state: PartialState) -> None:
         raise LaunchError(
             f"accelerate launch was asked for {asked} processes but started {state.num_processes}. "
             "With --cpu, accelerate uses its single-process launcher. For several CPU processes run\n"
-            f"  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} pipelines/pretrain.py\n"
-            f"or\n  torchrun --nproc_per_node {asked} pipelines/pretrain.py"
+            f"  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked} -m sslvit pretrain\n"
+            f"or\n  torchrun --nproc_per_node {asked} -m sslvit pretrain"
         )
 
 
@@ -358,200 +356,3 @@ def resolve_run_dir(cfg: RunConfig, accelerator: PartialState, resuming: bool = 
     if error[0]:
         raise PermissionError(error[1])
     return run_dir
-
-
-# ---------------------------------------------------------------- progress
-
-LINE_EVERY_S = 10.0  # seconds between progress lines when stderr is not a terminal
-
-
-def is_main_process() -> bool:
-    """Whether this is the main process (rank 0), also before accelerate has started."""
-    if PartialState._shared_state:
-        return PartialState().is_main_process
-    return os.environ.get("RANK", "0") == "0"
-
-
-class LineProgress:
-    """A progress report for logs: one line ``desc: n/total (p%), s elapsed`` every ``LINE_EVERY_S``
-    seconds and one when it closes (if it printed before); the subset of tqdm's API used here."""
-
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 initial: int = 0, unit: str = "it", stream: Any = None):
-        self.iterable, self.total, self.desc, self.n, self.unit = iterable, total, desc, initial, unit
-        self.stream = stream or sys.stderr
-        self.start = self.last = time.perf_counter()
-        self.postfix = ""
-        self.printed = False
-        self.closed = False
-
-    def __iter__(self) -> Iterator:
-        for item in self.iterable:
-            yield item
-            self.update(1)
-        self.close()
-
-    def __enter__(self) -> LineProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _line(self) -> str:
-        done = f"{self.n}/{self.total} {self.unit} ({100.0 * self.n / self.total:.0f}%)" if self.total else \
-            f"{self.n} {self.unit}"
-        extra = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {done}, {time.perf_counter() - self.start:.0f} s{extra}"
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.perf_counter()
-        if now - self.last >= LINE_EVERY_S:
-            self.last = now
-            self.printed = True
-            print(self._line(), file=self.stream, flush=True)
-
-    def set_postfix(self, **values: Any) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
-
-    def close(self) -> None:
-        if not self.closed and self.printed:
-            print(self._line() + " (done)", file=self.stream, flush=True)
-        self.closed = True
-
-
-class _NoProgress(LineProgress):
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True,
-             initial: int = 0, unit: str = "it", leave: bool = True) -> Any:
-    """A progress bar on the main process: tqdm when stderr is a terminal, else :class:`LineProgress`
-    lines; nothing on other ranks or when not ``enabled``. Iterate it, or call ``update`` / ``close``.
-    ``leave=False`` clears a finished bar (one shown while another bar runs)."""
-    if total is None and iterable is not None:
-        try:
-            total = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
-    if not (enabled and is_main_process()):
-        return _NoProgress(iterable, total, desc, initial, unit)
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, initial=initial, unit=unit, dynamic_ncols=True, leave=leave)
-    return LineProgress(iterable, total, desc, initial, unit)
-
-
-# ---------------------------------------------------------------- threads
-
-_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs the cgroup quota allows (quota / period) from cgroup v2 ``cpu.max`` or v1
-    ``cpu/cpu.cfs_quota_us`` + ``cpu.cfs_period_us``; None when unlimited or unreadable."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    for folder in (root / "cpu", root / "cpu,cpuacct", root):
-        try:
-            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
-            period_us = int((folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
-    return None
-
-
-def usable_cores(root: Path = Path("/sys/fs/cgroup")) -> int:
-    """Cores this process may run on: its CPU affinity, capped by the cgroup quota (rounded up)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    limit = cgroup_cpu_limit(root)
-    if limit is not None:
-        cores = min(cores, max(1, math.ceil(limit - 1e-9)))
-    return max(1, cores)
-
-
-@dataclass(frozen=True)
-class ThreadPlan:
-    """How one rank uses its share of the cores: torch intra-op threads, inter-op threads, loader workers."""
-
-    intra_op: int
-    inter_op: int
-    workers: int
-    cores: int  # usable cores of the machine (affinity and cgroup quota)
-    local_world_size: int
-    notes: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        """One line, e.g. ``threads: 1 intra-op + 1 loader worker on 2 usable cores``."""
-        share = f" ({self.cores} usable cores / {self.local_world_size} local ranks)" if self.local_world_size > 1 \
-            else f" on {self.cores} usable core{'s' if self.cores != 1 else ''}"
-        worker = f"{self.workers} loader worker{'s' if self.workers != 1 else ''}"
-        line = f"threads: {self.intra_op} intra-op + {worker}{share}"
-        return line + ("; " + "; ".join(self.notes) if self.notes else "")
-
-
-def fit_threads(cfg: RunConfig, local_world_size: int | None = None, env: Mapping[str, str] | None = None,
-                cores: int | None = None) -> ThreadPlan:
-    """Choose intra-op threads so that intra-op threads + loader workers fit this rank's cores.
-
-    A rank's share is ``usable_cores() // local_world_size`` (at least 1; ``local_world_size``
-    defaults to env LOCAL_WORLD_SIZE, else 1). The loader keeps ``data.num_workers`` (the config's
-    choice); the model gets the rest of the share, at least one thread, and one inter-op thread.
-    OMP_NUM_THREADS (or MKL_NUM_THREADS) in ``env`` wins for the intra-op count. When the user's
-    choices exceed the share, the plan keeps them and its notes say so. Apply it with
-    :func:`apply_threads`.
-    """
-    env = os.environ if env is None else env
-    if local_world_size is None:
-        local_world_size = int(env.get("LOCAL_WORLD_SIZE", "1") or 1)
-    if local_world_size < 1:
-        raise ValueError(f"local_world_size must be >= 1, not {local_world_size}")
-    cores = usable_cores() if cores is None else cores
-    share = max(1, cores // local_world_size)
-    workers = cfg.data.num_workers
-    notes: list[str] = []
-    asked = next(((name, env[name]) for name in _THREAD_ENV if env.get(name, "").strip()), None)
-    if asked is not None:
-        try:
-            intra = int(asked[1])
-        except ValueError:
-            raise ConfigError(f"{asked[0]}={asked[1]!r} is not a thread count (a positive integer)") from None
-        if intra < 1:
-            raise ConfigError(f"{asked[0]}={asked[1]!r} is not a thread count (a positive integer)")
-        notes.append(f"intra-op from {asked[0]}={intra}")
-    else:
-        intra = max(1, share - workers)
-    if intra + workers > share:
-        notes.append(f"{intra + workers} busy threads on a share of {share} core{'s' if share != 1 else ''}: "
-                     f"oversubscribed as data.num_workers={workers}" + (f" and {asked[0]}" if asked else "")
-                     + " ask")
-    return ThreadPlan(intra_op=intra, inter_op=1, workers=workers, cores=cores,
-                      local_world_size=local_world_size, notes=tuple(notes))
-
-
-def apply_threads(plan: ThreadPlan) -> str:
-    """Set torch's intra-op (and inter-op) thread counts to the plan's; returns the line to print.
-
-    torch accepts an inter-op count only before its first inter-op work; after that the current
-    count stays, and the returned line says so."""
-    if torch.get_num_threads() != plan.intra_op:
-        torch.set_num_threads(plan.intra_op)
-    line = plan.describe()
-    if torch.get_num_interop_threads() != plan.inter_op:
-        try:
-            torch.set_num_interop_threads(plan.inter_op)
-        except RuntimeError:
-            line += f"; inter-op threads stay {torch.get_num_interop_threads()} (torch had started its pool)"
-    return line

@@ -31,14 +31,15 @@ from sslvit.data_setup import resolve_train_data
 from sslvit.evaluate.online import OnlineEval
 from sslvit.evaluate.online import describe as online_describe
 from sslvit.optim import build_optimizer, lr_at, set_lr
+from sslvit.progress import progress
 from sslvit.runtime import (
     init_trackers,
     make_accelerator,
-    progress,
     resolve_launch_options,
     resolve_run_dir,
     start_processes,
 )
+from sslvit.threads import apply_threads, fit_threads
 from sslvit.throughput import mfu
 from sslvit.train_state import (
     Checkpoint,
@@ -315,6 +316,9 @@ def train(
     if encoder is None:
         check_model_config(cfg)
     processes = start_processes()
+    threads = apply_threads(fit_threads(cfg))  # before any torch work: intra-op + loader workers fit the cores
+    if processes.is_main_process:
+        print(threads, flush=True)
     options = resolve_launch_options(cfg)
     accum = options.grad_accum
     data = resolve_train_data(cfg, processes)
@@ -385,6 +389,7 @@ def train(
     flops_per_image = plain.flops_per_image() if hasattr(plain, "flops_per_image") else None
     stream = _batches(loader, start.micro_batch)
     state = start
+    skips = NonFiniteSkips(optimizer, accelerator, start.nonfinite_skipped, cfg.train.max_nonfinite)
     bar = progress(total=total_steps, initial=state.step, enabled=cfg.train.progress, desc=desc, unit="step")
     window_start, window_images = time.perf_counter(), 0
     epoch_now = state.micro_batch // len(loader)
@@ -412,26 +417,25 @@ def train(
         finite = torch.isfinite(step_loss).float()
         if accelerator.num_processes > 1:
             finite = accelerator.reduce(finite, reduction="mean")
-        if finite.item() < 1.0:
-            optimizer.zero_grad(set_to_none=True)
-            state = replace(state, nonfinite_skipped=state.nonfinite_skipped + 1)
-            weights_finite = all_finite(accelerator, [objective], optimizer)
-            if state.nonfinite_skipped > cfg.train.max_nonfinite or not weights_finite:
-                bar.close()
-                _raise_nonfinite(run_dir, state.step + 1, step_loss.item(), weights_finite)
-            _say(
-                accelerator,
-                f"step {state.step + 1}: non-finite loss, step skipped "
-                f"({state.nonfinite_skipped}/{cfg.train.max_nonfinite})",
-            )
-            continue
+        bad = (finite < 1.0).float()  # () on the device: 1 skips this update on every rank
         grad_norm = None
-        if cfg.optim.clip_grad:
-            grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
-        optimizer.step()
+        if skips.on_device:
+            skips.record(bad, state.step + 1, step_loss)
+            if cfg.optim.clip_grad:
+                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
+            optimizer.step()  # the fused kernel skips the whole update (and its step count) when bad is 1
+        elif bad.item() > 0:
+            skips.record(bad, state.step + 1, step_loss)
+        else:
+            if cfg.optim.clip_grad:
+                grad_norm = accelerator.clip_grad_norm_(objective.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        state = replace(state, step=state.step + 1)
+        state = replace(state, step=state.step + 1)  # a skipped update still counts as a step
         bar.update(1)
+        due_ckpt = bool(cfg.train.ckpt_every) and state.step % cfg.train.ckpt_every == 0 and state.step < total_steps
+        if not skips.on_device or due_ckpt or state.step % cfg.train.log_every == 0 or state.step == total_steps:
+            state = skips.check(state, accelerator, [objective], optimizer, bar, run_dir)
         if state.step % cfg.train.log_every == 0 or state.step == total_steps:
             means = _rank_means(accelerator, sums, weight)
             loss_mean = means.pop("loss", float("nan"))
@@ -451,7 +455,7 @@ def train(
             eval_start = time.perf_counter()
             _log(accelerator, run_dir, state.step, online(plain.encoder))
             window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
-        if cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < total_steps:
+        if due_ckpt:
             if not all_finite(accelerator, [objective], optimizer):
                 bar.close()
                 _raise_nonfinite_weights(run_dir, state.step)
@@ -459,10 +463,62 @@ def train(
         if on_step_end is not None:
             on_step_end(state.step)
     bar.close()
+    if not all_finite(accelerator, [objective], optimizer):
+        _raise_nonfinite_weights(run_dir, state.step, what="the final model")
     if state.micro_batch % len(loader) == 0:
         _end_epoch(accelerator, on_epoch_end, plain, loader, epoch_now, state.step, run_dir)
     normalization = {"mean": list(data.mean), "std": list(data.std)}
     return _finish(accelerator, plain, run_dir, state, {**resolved, "normalization": normalization})
+
+
+class NonFiniteSkips:
+    """Non-finite losses, skipped without a host sync per step where the optimizer allows it.
+
+    With a fused torch optimizer (and no fp16 grad scaler), the skip flag stays on the device: it
+    becomes the optimizer's ``found_inf``, which makes the fused kernel leave parameters, moments and
+    step counts untouched, exactly as if the update had not run. The host reads the count only at
+    log and checkpoint steps and at the end (:meth:`check`). Otherwise each step reads the flag.
+    A skipped update still counts as a step (as a grad scaler's skipped steps do).
+    """
+
+    def __init__(self, optimizer: Any, accelerator: Accelerator, skipped: int, allowed: int) -> None:
+        self.torch_optimizer = getattr(optimizer, "optimizer", optimizer)
+        fused = all(group.get("fused") for group in self.torch_optimizer.param_groups)
+        self.on_device = fused and getattr(accelerator, "scaler", None) is None
+        device = accelerator.device
+        self.count = torch.tensor(float(skipped), device=device)
+        self.first = torch.tensor(-1.0, device=device)  # first skipped step since the last check
+        self.first_loss = torch.tensor(0.0, device=device)
+        self.allowed = allowed
+        self.reported = skipped
+
+    def record(self, bad: torch.Tensor, step: int, loss: torch.Tensor) -> None:
+        """Note step ``step``'s flag (``bad``: () float, 1 = skip) and loss, on the device."""
+        if self.on_device:
+            self.torch_optimizer.found_inf = bad
+        new = (bad > 0) & (self.first < 0)
+        self.first = torch.where(new, torch.full_like(self.first, step), self.first)
+        self.first_loss = torch.where(new, loss.detach().float(), self.first_loss)
+        self.count = self.count + bad
+
+    def check(self, state: TrainerState, accelerator: Accelerator, modules: list, optimizer: Any,
+              bar: Any, run_dir: Path) -> TrainerState:
+        """Read the count (one host sync); say what was skipped, or stop past ``train.max_nonfinite``
+        or when the weights are no longer finite."""
+        count = int(self.count.item())
+        if count == self.reported:
+            return state
+        first, loss = int(self.first.item()), float(self.first_loss.item())
+        new, self.reported = count - self.reported, count
+        self.first = torch.full_like(self.first, -1.0)
+        state = replace(state, nonfinite_skipped=count)
+        weights_finite = all_finite(accelerator, modules, optimizer)
+        if count > self.allowed or not weights_finite:
+            bar.close()
+            _raise_nonfinite(run_dir, first, loss, weights_finite)
+        where = f"step {first}" if new == 1 else f"steps {first}..{state.step}: {new}"
+        _say(accelerator, f"{where} non-finite loss, update skipped ({count}/{self.allowed} allowed)")
+        return state
 
 
 def _freeze_untrained(accelerator: Accelerator, objective: nn.Module) -> None:
@@ -495,10 +551,11 @@ def _raise_nonfinite(run_dir: Path, step: int, value: float, weights_finite: boo
     )
 
 
-def _raise_nonfinite_weights(run_dir: Path, step: int) -> None:
+def _raise_nonfinite_weights(run_dir: Path, step: int, what: str = "") -> None:
+    what = what or f"checkpoint step {step}"
     raise NonFiniteLossError(
         f"the parameters or optimizer state are non-finite after step {step} (its loss was finite, its update "
-        f"was not); checkpoint step {step} was not written and the run stopped ({_last_good(run_dir)}). "
+        f"was not); {what} was not written and the run stopped ({_last_good(run_dir)}). "
         "Lower optim.base_lr or set optim.clip_grad."
     )
 

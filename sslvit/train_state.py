@@ -236,11 +236,11 @@ def _read_state(path: Path, total_steps: int | None) -> tuple[TrainerState, RunR
             raise ResumeError(f"cannot resume: {state_file}: 'shards' is not a list")
         record = RunRecord(config, state.world_size, shards)
         accum = config["train"].get("grad_accum", 1)
-        expected = (state.step + state.nonfinite_skipped) * accum if _is_int(accum) else None
+        expected = state.step * accum if _is_int(accum) else None  # a skipped update still counts as a step
         if state.micro_batch != expected:
             raise ResumeError(
                 f"cannot resume: {state_file}: micro_batch {state.micro_batch} does not match step {state.step} "
-                f"(+ {state.nonfinite_skipped} skipped) x grad_accum {accum} = {expected}"
+                f"x grad_accum {accum} = {expected}"
             )
     files = raw.get("files")
     if files is not None and not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):

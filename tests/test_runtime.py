@@ -12,6 +12,7 @@ from run_helpers import TINY, bar_images, bar_shards
 from torch import nn
 
 from sslvit import config as config_lib
+from sslvit import progress as progress_lib
 from sslvit import runtime
 from sslvit.config import ConfigError
 from sslvit.runtime import (
@@ -243,11 +244,11 @@ def test_overwrite_removes_the_old_outputs_and_resume_keeps_them(tmp_path, capsy
 
 
 def test_progress_prints_periodic_lines_when_not_a_terminal(monkeypatch):
-    monkeypatch.setattr(runtime, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_lib, "LINE_EVERY_S", 0.0)
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    bar = runtime.progress(range(3), desc="features train", unit="batch")
-    assert isinstance(bar, runtime.LineProgress)
+    bar = progress_lib.progress(range(3), desc="features train", unit="batch")
+    assert isinstance(bar, progress_lib.LineProgress)
     assert list(bar) == [0, 1, 2]
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("features train: 1/3 batch (33%)")
@@ -255,17 +256,17 @@ def test_progress_prints_periodic_lines_when_not_a_terminal(monkeypatch):
 
 
 def test_progress_is_silent_when_disabled(monkeypatch):
-    monkeypatch.setattr(runtime, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_lib, "LINE_EVERY_S", 0.0)
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    assert list(runtime.progress(range(3), desc="x", enabled=False)) == [0, 1, 2]
+    assert list(progress_lib.progress(range(3), desc="x", enabled=False)) == [0, 1, 2]
     assert stream.getvalue() == ""
 
 
 @pytest.fixture
 def progress_lines(monkeypatch) -> None:
     """A progress line at every update (pytest's captured stderr is not a terminal)."""
-    monkeypatch.setattr(runtime, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_lib, "LINE_EVERY_S", 0.0)
 
 
 @pytest.fixture

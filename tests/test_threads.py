@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslvit.config import ConfigError, load
-from sslvit.runtime import apply_threads, cgroup_cpu_limit, fit_threads, usable_cores
+from sslvit.threads import apply_threads, cgroup_cpu_limit, fit_threads, usable_cores
 
 
 def _cfg(workers: int):

@@ -194,7 +194,7 @@ CORRUPTIONS = {
     "step a string": (lambda c: _edit_state(c, step="15"), r"trainer_state.json: step is '15', not an integer >= 0"),
     "step beyond train.steps": (lambda c: _edit_state(c, step=999999, micro_batch=999999), r"step 999999 is beyond this run's 4 steps"),
     "micro_batch negative": (lambda c: _edit_state(c, micro_batch=-7), r"micro_batch is -7, not an integer >= 0"),
-    "micro_batch inconsistent": (lambda c: _edit_state(c, micro_batch=5), r"micro_batch 5 does not match step 3 \(\+ 0 skipped\) x grad_accum 1 = 3"),
+    "micro_batch inconsistent": (lambda c: _edit_state(c, micro_batch=5), r"micro_batch 5 does not match step 3 x grad_accum 1 = 3"),
     "state not json": (lambda c: (c / STATE_FILE).write_text("{"), r"trainer_state.json is unreadable"),
     "extra file": (lambda c: (c / "scheduler.bin").write_bytes(b"x"), r"holds files written after it was complete: \['scheduler.bin'\]"),
 }
@@ -284,6 +284,18 @@ def test_a_nonfinite_update_is_never_checkpointed_nor_named_last_good(shards, tm
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_a_nonfinite_last_update_never_writes_the_final_model(shards, tmp_path, monkeypatch):
+    from sslvit.train import NonFiniteLossError, train
+
+    _poison_after(monkeypatch, 4)
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(shards, tmp_path, "train.name=last", "train.steps=4", "train.ckpt_every=2", "train.keep_last=0")
+    with pytest.raises(NonFiniteLossError, match="the final model was not written"):
+        train(cfg)
+    assert not (tmp_path / "last" / "model.safetensors").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "last")] == ["step_0000002"]
+
+
 def test_huge_lr_stops_without_a_nonfinite_checkpoint(shards, tmp_path, monkeypatch):
     from sslvit.train import NonFiniteLossError, train
 
@@ -309,3 +321,72 @@ def test_a_checkpoint_being_deleted_is_never_listed_nor_taken(base, shards, tmp_
         validate_checkpoint(gone)
     found = find_resume_point("latest", tmp_path, "base", _wanted(shards, tmp_path, "train.name=base"), 4)
     assert found.path.name == "step_0000002" and found.notes == []
+
+
+def _count_host_reads(monkeypatch) -> list[int]:
+    """Count ``Tensor.item`` / ``Tensor.tolist`` calls (each a host sync on an accelerator)."""
+    calls = [0]
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            calls[0] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_steps_between_log_steps_never_read_the_device(shards, tmp_path, monkeypatch):
+    """Non-finite detection and loss values stay on the device until a log step."""
+    from sslvit.train import train
+
+    calls = _count_host_reads(monkeypatch)
+    per_step: dict[int, int] = {}
+    last = [0]
+
+    def on_step_end(step: int) -> None:
+        per_step[step], last[0] = calls[0] - last[0], calls[0]
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(shards, tmp_path, "train.name=sync", "train.steps=6", "train.log_every=3", "data.num_workers=1")
+    train(cfg, on_step_end=on_step_end)
+    quiet = [per_step[s] for s in (2, 4, 5)]  # step 1 also counts the set-up before the loop
+    assert quiet == [0, 0, 0], per_step
+    assert per_step[3] > 0 and per_step[6] > 0  # log steps read the loss (and the skip count)
+
+
+def test_a_nonfinite_loss_skips_the_update_on_the_device(shards, tmp_path, monkeypatch, capsys):
+    """With the fused optimizer, a non-finite loss leaves weights, moments and step counts exactly as
+    if the update had not run; the skip is counted and said at the next checkpoint or log step."""
+    import sslvit.objectives as objectives
+    from sslvit.train import train
+
+    real = objectives.build_objective
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        objective = real(*args, **kwargs)
+        forward = objective.forward
+
+        def forward_with_nan(batch):
+            calls["n"] += 1
+            loss, metrics = forward(batch)
+            return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+        objective.forward = forward_with_nan
+        return objective
+
+    monkeypatch.setattr(objectives, "build_objective", poisoned)
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(shards, tmp_path, "train.name=skip", "train.steps=4", "train.log_every=4", "train.ckpt_every=1",
+               "train.keep_last=0", "train.max_nonfinite=1")
+    train(cfg)
+    ckpts = tmp_path / "skip" / "checkpoints"
+    w2, w3 = (load_file(str(ckpts / f"step_000000{k}" / "model.safetensors")) for k in (2, 3))
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)  # step 3's update did not run
+    o2, o3 = (torch.load(ckpts / f"step_000000{k}" / "optimizer.bin", weights_only=True) for k in (2, 3))
+    assert {float(v["step"]) for v in o3["state"].values()} == {2.0}
+    assert all(torch.equal(o2["state"][i]["exp_avg"], o3["state"][i]["exp_avg"]) for i in o2["state"])
+    assert json.loads((ckpts / "step_0000003" / STATE_FILE).read_text())["nonfinite_skipped"] == 1
+    assert "step 3 non-finite loss, update skipped (1/1 allowed)" in capsys.readouterr().out

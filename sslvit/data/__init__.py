@@ -1,6 +1,6 @@
 """Data layer: tar shards in, uint8 image batches out.
 
-    write_shards / ShardWriter / load_manifest     sslvit.data.shards   (data/make_shards.py is the CLI)
+    write_shards / ShardWriter / load_manifest     sslvit.data.shards   (`sslvit shards` is the CLI)
     image_folder / hf_dataset                      sslvit.data.sources
     ensure_digits_shards                           sslvit.data.digits   (built-in corpus)
     ensure_fashion_mnist_shards, read_idx          sslvit.data.fashion_mnist   (second built-in corpus)

@@ -9,7 +9,7 @@ training split's per-channel mean/std (the loader sees RGB with three equal chan
 :func:`ensure_digits_shards` builds once and then reuses the result. The build runs under an
 exclusive file lock next to ``root`` and is written to a unique temporary directory that is
 renamed into place only when complete, so several ranks can call it at once. A build says so in
-one line and shows its progress (:func:`sslvit.runtime.progress`) unless ``progress=False``.
+one line and shows its progress (:func:`sslvit.progress.progress`) unless ``progress=False``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from sslvit.data.shards import MANIFEST_NAME, SourceItem, write_shards
-from sslvit.runtime import progress as progress_bar
+from sslvit.progress import progress as progress_bar
 
 DIGITS_VERSION = 1
 VAL_SIZE = 360
@@ -95,7 +95,7 @@ def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = Fa
 
 def announce(message: str) -> None:
     """Print ``message`` once (on the main process) as a build starts."""
-    from sslvit.runtime import is_main_process
+    from sslvit.progress import is_main_process
 
     if is_main_process():
         print(message, flush=True)

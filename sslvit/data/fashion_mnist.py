@@ -34,7 +34,7 @@ import numpy as np
 
 from sslvit.data.digits import announce, build_once, png_items, upscale
 from sslvit.data.shards import MANIFEST_NAME, write_shards
-from sslvit.runtime import progress as progress_bar
+from sslvit.progress import progress as progress_bar
 
 FASHION_MNIST_VERSION = 1
 ENV_VAR = "SSLVIT_FASHION_MNIST"
@@ -149,7 +149,7 @@ def find_fashion_mnist(source: str | Path | None = None) -> dict[str, Path]:
         raise FashionMNISTNotFound(
             f"Fashion-MNIST not found: {folder} (from {origin}) {where}. The corpus needs "
             f"{', '.join(f'{n}.gz' for n in FILES.values())} (gzip or plain); {INSTALL_HINT} "
-            f"(or pass it as source= / make_shards.py fashion-mnist --source DIR).")
+            f"(or pass it as source= / sslvit shards fashion-mnist --source DIR).")
     return found
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from sslvit.checkpoint import normalization, read_metadata, sha256_file
 from sslvit.evaluate.common import EvalConfig, encoder_image_size, load_encoder, output_dir
-from sslvit.runtime import progress
+from sslvit.progress import progress
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ A split is named ``hf:SOURCE[:SPLIT[:IMAGE_COLUMN[:LABEL_COLUMN]]]``; SOURCE is 
 an image folder). SPLIT defaults to ``train``, IMAGE_COLUMN to ``image``, LABEL_COLUMN to ``label``;
 an empty LABEL_COLUMN (``hf:SOURCE:train:image:``) reads the dataset unlabeled. A split or column the
 dataset lacks is an error listing those it has. The shards keep the original image bytes; the
-per-channel mean / std land in their manifest like those written by ``data/make_shards.py``. Every
+per-channel mean / std land in their manifest like those written by ``sslvit shards``. Every
 stage (pretraining, fine-tuning, probe, kNN) reads ``hf:`` specs through :func:`resolve_spec`.
 """
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
-from sslvit.runtime import progress
+from sslvit.progress import progress
 
 
 @dataclass
 class KnnConfig(EvalConfig):
-    """Options of ``pipelines/knn.py``."""
+    """Options of ``sslvit knn``."""
 
     k: int = opt(20, "neighbours per query")
     temperature: float = opt(0.07, "T in the neighbour weight exp(cosine similarity / T)")

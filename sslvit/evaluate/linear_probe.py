@@ -20,12 +20,12 @@ from accelerate import PartialState
 from torch import nn
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
-from sslvit.runtime import progress
+from sslvit.progress import progress
 
 
 @dataclass
 class ProbeConfig(EvalConfig):
-    """Options of ``pipelines/linear_probe.py``."""
+    """Options of ``sslvit probe``."""
 
     lrs: tuple[float, ...] = opt((0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "base learning rates swept (SGD, "
                                                                     "scaled by probe_batch_size / 256)")

@@ -126,3 +126,53 @@ def test_jpeg_decoding_gives_pil_pixels_at_every_dct_scale(images, mode):
     with pytest.raises(decode.SampleError, match="undecodable_image"):
         broken = data[:200] + b"\x00" * 50
         decode.load_rgb(decode.open_image(broken), broken, 1)
+
+
+def _tar(path, members, fmt, compress=""):
+    import io
+    import tarfile
+
+    with tarfile.open(path, f"w:{compress}" if compress else "w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("fmt", ["USTAR", "GNU", "PAX"])
+@pytest.mark.parametrize("compress", ["", "gz"])
+def test_tar_headers_parsed_directly_match_tarfile(tmp_path, fmt, compress):
+    import tarfile
+    from collections import Counter
+
+    from sslvit.data.tario import iter_shard
+
+    deep = "d" * 60 + "/" + "e" * 70  # a path over 100 characters: prefix field, GNU long name or pax path
+    names = [f"{deep}/k{i}" if fmt != "USTAR" or i % 2 else f"dir/k{i}" for i in range(5)]
+    members = [(f"{n}.{ext}", f"{n}-{ext}".encode() * (i + 1) * 37) for i, n in enumerate(names)
+               for ext in ("jpg", "cls", "npy")]
+    path = tmp_path / f"s.tar{'.gz' if compress else ''}"
+    _tar(path, members, getattr(tarfile, f"{fmt}_FORMAT"), compress)
+    errors: Counter = Counter()
+    raws = list(iter_shard(str(path), errors, expected=5))
+    assert not errors
+    assert [r.key for r in raws] == names and [r.index for r in raws] == list(range(5))
+    for i, raw in enumerate(raws):
+        assert raw.members == {"jpg": members[3 * i][1], "cls": members[3 * i + 1][1]}
+        assert raw.other == ("npy",)
+
+
+def test_a_damaged_tar_header_keeps_the_samples_before_it(tmp_path):
+    import tarfile
+    from collections import Counter
+
+    from sslvit.data.tario import iter_shard
+
+    path = tmp_path / "s.tar"
+    _tar(path, [(f"k{i}.cls", b"1" * 700) for i in range(4)], tarfile.USTAR_FORMAT)
+    data = bytearray(path.read_bytes())
+    data[3 * 1536 + 10] ^= 0xFF  # the 4th member's header (each member: 512 header + 1024 data)
+    path.write_bytes(bytes(data))
+    errors: Counter = Counter()
+    assert [r.key for r in iter_shard(str(path), errors, expected=4)] == ["k0", "k1"]
+    assert errors == Counter(truncated_tar=1)

@@ -44,3 +44,25 @@ def bar_shards(root: Path, train: int = 160, val: int = 100) -> dict[str, str]:
                      extra={"mean": [mean] * 3, "std": [std] * 3})
         out[split] = str(root / split)
     return out
+
+
+def poison_loss(monkeypatch, bad_call) -> None:
+    """Make the objective's loss NaN on the forward calls ``n`` (1-based) for which ``bad_call(n)`` is true."""
+    import sslvit.objectives as objectives
+
+    real = objectives.build_objective
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        objective = real(*args, **kwargs)
+        forward = objective.forward
+
+        def forward_with_nan(batch):
+            calls["n"] += 1
+            loss, metrics = forward(batch)
+            return (loss * float("nan") if bad_call(calls["n"]) else loss), metrics
+
+        objective.forward = forward_with_nan
+        return objective
+
+    monkeypatch.setattr(objectives, "build_objective", poisoned)

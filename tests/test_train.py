@@ -15,7 +15,7 @@ from sslvit import config as config_lib
 from sslvit import load_checkpoint
 from sslvit.checkpoint import read_metadata
 from sslvit.train_state import ResumeError, list_checkpoints, validate_checkpoint
-from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE
+from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE, poison_loss
 
 TINY = [*TINY_MAE, "data.batch_size=64", "data.num_workers=1"]
 
@@ -185,25 +185,9 @@ def test_cpu_flag_with_two_processes_fails_loudly(workdir):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir, monkeypatch):
-    import sslvit.objectives as objectives
     from sslvit.train import NonFiniteLossError, train
 
-    real = objectives.build_objective
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        objective = real(*args, **kwargs)
-        forward = objective.forward
-
-        def forward_with_nan(batch):
-            calls["n"] += 1
-            loss, metrics = forward(batch)
-            return (loss * float("nan") if calls["n"] >= 5 else loss), metrics
-
-        objective.forward = forward_with_nan
-        return objective
-
-    monkeypatch.setattr(objectives, "build_objective", poisoned)
+    poison_loss(monkeypatch, lambda n: n >= 5)
     monkeypatch.chdir(workdir)
     cfg = config_lib.load(
         DEFAULT_CONFIG,

@@ -21,7 +21,7 @@ from sslvit.train_state import (
     restore_rng,
     validate_checkpoint,
 )
-from tests.run_helpers import DEFAULT_CONFIG, TINY_MAE
+from tests.run_helpers import DEFAULT_CONFIG, TINY_MAE, poison_loss
 
 TINY = [*TINY_MAE, "data.batch_size=64", "data.num_workers=0", "train.trackers=[]"]
 
@@ -359,25 +359,9 @@ def test_steps_between_log_steps_never_read_the_device(shards, tmp_path, monkeyp
 def test_a_nonfinite_loss_skips_the_update_on_the_device(shards, tmp_path, monkeypatch, capsys):
     """With the fused optimizer, a non-finite loss leaves weights, moments and step counts exactly as
     if the update had not run; the skip is counted and said at the next checkpoint or log step."""
-    import sslvit.objectives as objectives
     from sslvit.train import train
 
-    real = objectives.build_objective
-    calls = {"n": 0}
-
-    def poisoned(*args, **kwargs):
-        objective = real(*args, **kwargs)
-        forward = objective.forward
-
-        def forward_with_nan(batch):
-            calls["n"] += 1
-            loss, metrics = forward(batch)
-            return (loss * float("nan") if calls["n"] == 3 else loss), metrics
-
-        objective.forward = forward_with_nan
-        return objective
-
-    monkeypatch.setattr(objectives, "build_objective", poisoned)
+    poison_loss(monkeypatch, lambda n: n == 3)
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(shards, tmp_path, "train.name=skip", "train.steps=4", "train.log_every=4", "train.ckpt_every=1",
                "train.keep_last=0", "train.max_nonfinite=1")

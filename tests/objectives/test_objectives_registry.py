@@ -54,16 +54,20 @@ class Brightness(Objective):
 '''
 
 
-@pytest.fixture
-def one_more_objective(tmp_path: Path, monkeypatch):
-    folder = tmp_path / "more"
+def _extra_objective(folder: Path, monkeypatch, module: str, source: str):
+    """Put one objective file ``module``.py in ``folder`` on the objectives package path (undone after)."""
     folder.mkdir()
-    (folder / "brightness.py").write_text(textwrap.dedent(NEW_OBJECTIVE))
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
     monkeypatch.setattr(objectives_pkg, "__path__", [*objectives_pkg.__path__, str(folder)])
     objectives.cache_clear()
     yield
     objectives.cache_clear()
-    sys.modules.pop("sslvit.objectives.brightness", None)
+    sys.modules.pop(f"sslvit.objectives.{module}", None)
+
+
+@pytest.fixture
+def one_more_objective(tmp_path: Path, monkeypatch):
+    yield from _extra_objective(tmp_path / "more", monkeypatch, "brightness", NEW_OBJECTIVE)
 
 
 def test_one_new_file_is_a_new_objective(one_more_objective):
@@ -127,14 +131,7 @@ class Window(Objective):
 
 @pytest.fixture
 def checked_objective(tmp_path: Path, monkeypatch):
-    folder = tmp_path / "checked"
-    folder.mkdir()
-    (folder / "window.py").write_text(textwrap.dedent(CHECKED_OBJECTIVE))
-    monkeypatch.setattr(objectives_pkg, "__path__", [*objectives_pkg.__path__, str(folder)])
-    objectives.cache_clear()
-    yield
-    objectives.cache_clear()
-    sys.modules.pop("sslvit.objectives.window", None)
+    yield from _extra_objective(tmp_path / "checked", monkeypatch, "window", CHECKED_OBJECTIVE)
 
 
 def test_a_new_objective_brings_its_own_value_checks_and_meanings(checked_objective):

@@ -1,4 +1,8 @@
-"""Does pretraining help? The default pretraining run's encoder against the same encoder untrained.
+"""Does pretraining help? The default pretraining run's encoder (or any --checkpoint) against the
+same encoder untrained, on digits. benchmarks/quality.py is the benchmark of record: both built-in
+corpora, every position-table kind of the random encoder, raw pixels through the same probe and
+kNN, and the supervised ceiling; this script stays for one checkpoint and for the helpers that
+benchmarks/backbones.py and benchmarks/pos_coding.py share.
 
     python benchmarks/digits_quality.py                        # runs `python pipelines/pretrain.py` first
     python benchmarks/digits_quality.py --checkpoint runs/NAME/model.safetensors

@@ -142,8 +142,8 @@ class DataConfig:
 
     train_shards: str = opt(
         "",
-        "training shards: brace pattern, directory, manifest.json or a ','-separated list; '' = the built-in"
-        " digits corpus",
+        "training shards: brace pattern, directory, manifest.json or a ','-separated list, 'hf:NAME[:SPLIT]',"
+        " or a built-in split (fashion-mnist:train, digits:train); '' = the built-in digits corpus",
     )
     val_shards: str = opt(
         "",
@@ -416,6 +416,12 @@ class TrainConfig:
         ge=0,
     )
     eval_probe: bool = opt(False, "online evaluation also fits the linear probe")
+    threads: int = opt(
+        0,
+        "torch intra-op threads per process; 0 = fit the cores and follow what other processes and the "
+        "loader workers leave free (re-checked every 10 s; OMP_NUM_THREADS also fixes it)",
+        ge=0,
+    )
 
     def check(self, key: str) -> None:
         """Refuse empty tracker names."""

@@ -137,8 +137,11 @@ def hf_cache_dir(cfg: RunConfig) -> Path:
 
 def resolve_data_spec(spec: str, cfg: RunConfig, state: Any = None, key: str = "data.train_shards") -> str:
     """A shard spec for a data key: ``hf:`` specs become shards under :func:`hf_cache_dir` (converted
-    once by the main process; the path is printed there), anything else is returned unchanged."""
-    if not spec.startswith("hf:"):
+    once by the main process; the path is printed there), a built-in corpus split
+    (``fashion-mnist:train``) its folder (built once), anything else is returned unchanged."""
+    from sslvit.data.builtin import builtin_name
+
+    if not spec.startswith("hf:") and not builtin_name(spec):
         return spec
     from sslvit.evaluate.hf_data import resolve_spec
 

@@ -1,17 +1,20 @@
 """Threads that fit the machine: intra-op threads plus loader workers within the cores this process
-may use (CPU affinity and the cgroup quota, shared among the local ranks)."""
+may use (CPU affinity and the cgroup quota, shared among the local ranks), and, unless the count is
+fixed, a :class:`ThreadTuner` that follows what the cores are free for while the run goes on."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sslvit.config import ConfigError, RunConfig
+from sslvit.cpu_load import Load, LoadSample, load_between, sample_load
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -56,6 +59,12 @@ class ThreadPlan:
     cores: int  # usable cores of the machine (affinity and cgroup quota)
     local_world_size: int
     notes: tuple[str, ...] = ()
+    adaptive: bool = False  # intra-op follows the free cores (ThreadTuner); False = fixed by the user
+
+    @property
+    def share(self) -> int:
+        """This rank's cores: the usable cores over the local ranks, at least one."""
+        return max(1, self.cores // self.local_world_size)
 
     def describe(self) -> str:
         """One line, e.g. ``threads: 1 intra-op + 1 loader worker on 2 usable cores``."""
@@ -63,7 +72,10 @@ class ThreadPlan:
             else f" on {self.cores} usable core{'s' if self.cores != 1 else ''}"
         worker = f"{self.workers} loader worker{'s' if self.workers != 1 else ''}"
         line = f"threads: {self.intra_op} intra-op + {worker}{share}"
-        return line + ("; " + "; ".join(self.notes) if self.notes else "")
+        notes = list(self.notes)
+        if self.adaptive:
+            notes.append(f"intra-op follows the free cores (checked every {TUNE_INTERVAL_S:g} s; train.threads=N fixes it)")
+        return line + ("; " + "; ".join(notes) if notes else "")
 
 
 def fit_threads(cfg: RunConfig, local_world_size: int | None = None, env: Mapping[str, str] | None = None,
@@ -72,10 +84,11 @@ def fit_threads(cfg: RunConfig, local_world_size: int | None = None, env: Mappin
 
     A rank's share is ``usable_cores() // local_world_size`` (at least 1; ``local_world_size``
     defaults to env LOCAL_WORLD_SIZE, else 1). The loader keeps ``data.num_workers`` (the config's
-    choice); the model gets the rest of the share, at least one thread, and one inter-op thread.
-    OMP_NUM_THREADS (or MKL_NUM_THREADS) in ``env`` wins for the intra-op count. When the user's
-    choices exceed the share, the plan keeps them and its notes say so. Apply it with
-    :func:`apply_threads`.
+    choice); the model starts with the rest of the share, at least one thread, and one inter-op
+    thread, and the plan is adaptive: a :class:`ThreadTuner` then gives the model what the workers
+    and other processes leave free. ``train.threads=N`` (N > 0), else OMP_NUM_THREADS (or
+    MKL_NUM_THREADS) in ``env``, fixes the intra-op count instead. When the user's choices exceed
+    the share, the plan keeps them and its notes say so. Apply it with :func:`apply_threads`.
     """
     env = os.environ if env is None else env
     if local_world_size is None:
@@ -87,6 +100,8 @@ def fit_threads(cfg: RunConfig, local_world_size: int | None = None, env: Mappin
     workers = cfg.data.num_workers
     notes: list[str] = []
     asked = next(((name, env[name]) for name in _THREAD_ENV if env.get(name, "").strip()), None)
+    if cfg.train.threads > 0:
+        asked = ("train.threads", str(cfg.train.threads))
     if asked is not None:
         try:
             intra = int(asked[1])
@@ -102,7 +117,7 @@ def fit_threads(cfg: RunConfig, local_world_size: int | None = None, env: Mappin
                      f"oversubscribed as data.num_workers={workers}" + (f" and {asked[0]}" if asked else "")
                      + " ask")
     return ThreadPlan(intra_op=intra, inter_op=1, workers=workers, cores=cores,
-                      local_world_size=local_world_size, notes=tuple(notes))
+                      local_world_size=local_world_size, notes=tuple(notes), adaptive=asked is None)
 
 
 def apply_threads(plan: ThreadPlan) -> str:
@@ -119,3 +134,80 @@ def apply_threads(plan: ThreadPlan) -> str:
         except RuntimeError:
             line += f"; inter-op threads stay {torch.get_num_interop_threads()} (torch had started its pool)"
     return line
+
+
+TUNE_INTERVAL_S = 10.0
+
+
+def _affinity() -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+class ThreadTuner:
+    """Intra-op threads that follow the free cores of an adaptive :class:`ThreadPlan`.
+
+    Every ``interval`` seconds (call :meth:`update` after each optimizer step; it only reads the
+    clock in between) it measures, from ``/proc``, the cores other processes and this rank's loader
+    workers used since the last reading, and proposes ``round(share - others / local ranks -
+    workers)`` intra-op threads, at least 1 (the share: the usable cores over the local ranks;
+    sibling ranks, the other children of the launcher, do not count as others). A proposal that
+    differs from the current count is applied when the next reading proposes it again (no
+    flapping on one noisy window). Each rank decides for itself; the main process says its own
+    changes. On an idle
+    machine a cheap loader's worker leaves most of its core to the model; beside busy processes
+    the model drops to what is free instead of spinning threads against them. Where the cgroup
+    quota (not the affinity) limits the cores, others may use the cores beyond the quota first.
+
+    The thread count can change the rounding of torch's reductions: a run whose thread count
+    changes is not bitwise equal to one whose count did not. ``train.threads=N`` fixes it.
+    """
+
+    def __init__(self, plan: ThreadPlan, interval: float | None = None,
+                 sample: Callable[[], LoadSample | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 set_threads: Callable[[int], None] = torch.set_num_threads,
+                 get_threads: Callable[[], int] = torch.get_num_threads) -> None:
+        self.plan, self.clock = plan, clock
+        self.interval = TUNE_INTERVAL_S if interval is None else interval
+        cpus = _affinity()
+        ranks = plan.local_world_size > 1
+        self._sample = sample if sample is not None else (lambda: sample_load(cpus, siblings=ranks))
+        # cores others may take without touching ours: those of the affinity set beyond the quota
+        self.slack = max(0, len(cpus) - plan.cores) if cpus is not None and sample is None else 0
+        self._set, self._get = set_threads, get_threads
+        self._pending: int | None = None
+        self._last = self._sample() if plan.adaptive else None
+        self._last_time = clock()
+
+    def propose(self, load: Load) -> int:
+        """Intra-op threads for ``load``: this rank's share less its part of what other processes
+        use (shared among the local ranks; sibling ranks are not others) and its loader workers'."""
+        others = max(0.0, load.others - self.slack) / self.plan.local_world_size
+        free = self.plan.share - others - load.children
+        return max(1, min(self.plan.share, math.floor(free + 0.5)))
+
+    def update(self) -> str | None:
+        """Re-check when the interval has passed; returns a line when the count changed."""
+        if self._last is None or self.clock() - self._last_time < self.interval:
+            return None
+        now = self._sample()
+        self._last_time = self.clock()
+        if now is None:
+            return None
+        load, self._last = load_between(self._last, now), now
+        if load is None:
+            return None
+        target, current = self.propose(load), self._get()
+        if target == current:
+            self._pending = None
+            return None
+        if self._pending != target:
+            self._pending = target
+            return None
+        self._set(target)
+        self._pending = None
+        return (f"threads: intra-op {current} -> {target} (other processes use {load.others:.1f} cores, "
+                f"loader workers {load.children:.1f}, of {self.plan.cores} usable)")

@@ -39,7 +39,7 @@ from sslvit.runtime import (
     resolve_run_dir,
     start_processes,
 )
-from sslvit.threads import apply_threads, fit_threads
+from sslvit.threads import ThreadTuner, apply_threads, fit_threads
 from sslvit.throughput import mfu
 from sslvit.train_state import (
     Checkpoint,
@@ -316,7 +316,8 @@ def train(
     if encoder is None:
         check_model_config(cfg)
     processes = start_processes()
-    threads = apply_threads(fit_threads(cfg))  # before any torch work: intra-op + loader workers fit the cores
+    plan = fit_threads(cfg)
+    threads = apply_threads(plan)  # before any torch work: intra-op + loader workers fit the cores
     if processes.is_main_process:
         print(threads, flush=True)
     options = resolve_launch_options(cfg)
@@ -379,6 +380,11 @@ def train(
     if resume is not None:
         _load_resume(accelerator, resume, cfg.train.seed)
 
+    if warmup >= total_steps:
+        source = (f"optim.warmup_steps={cfg.optim.warmup_steps}" if cfg.optim.warmup_steps is not None
+                  else f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} x {steps_per_epoch} steps per epoch")
+        _say(accelerator, f"warning: the warmup ({warmup} steps, {source}) is as long as the run ({total_steps} "
+                          f"steps): the learning rate never reaches its peak {peak_lr:.3g}")
     _say(
         accelerator,
         f"run {run_dir} | {accelerator.num_processes} process(es) on {accelerator.device} | "
@@ -393,6 +399,7 @@ def train(
     bar = progress(total=total_steps, initial=state.step, enabled=cfg.train.progress, desc=desc, unit="step")
     window_start, window_images = time.perf_counter(), 0
     epoch_now = state.micro_batch // len(loader)
+    tuner = ThreadTuner(plan)  # first reading; loader workers count from the reading after they start
     objective.train()
     while state.step < total_steps:
         lr = lr_at(state.step, peak_lr, total_steps, warmup, cfg.optim.min_lr, cfg.optim.schedule)
@@ -462,6 +469,9 @@ def train(
             save_training_state(accelerator, run_dir, state, cfg.train.keep_last, record)
         if on_step_end is not None:
             on_step_end(state.step)
+        retuned = tuner.update()
+        if retuned is not None:
+            _say(accelerator, retuned)
     bar.close()
     if not all_finite(accelerator, [objective], optimizer):
         _raise_nonfinite_weights(run_dir, state.step, what="the final model")

@@ -58,6 +58,7 @@ NEUTRAL_KEYS = frozenset(
         "train.overwrite",
         "train.eval_every",
         "train.eval_probe",
+        "train.threads",
     }
 )
 JUDGED_KEYS = frozenset({"data.batch_size", "data.train_shards"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -21,6 +22,15 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def fixed_threads(monkeypatch):
+    """In-process runs keep their first thread count (the tuner never re-reads): runs compared
+    bitwise stay comparable. tests/test_thread_tuner.py turns it back on where it tests it."""
+    import sslvit.threads
+
+    monkeypatch.setattr(sslvit.threads, "TUNE_INTERVAL_S", math.inf)
 
 
 @pytest.fixture

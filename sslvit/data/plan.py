@@ -10,6 +10,8 @@ naming both folders). ``http(s)://`` URLs and ``pipe:`` commands (run through a 
 stores: ``pipe:aws s3 cp s3://bucket/shard-{000..009}.tar -``) are read with webdataset's ``gopen``. Shard names inside a manifest are relative files; only a
 manifest read from a local file may instead list each shard's ``url`` (an ``http(s)://`` URL or a
 ``pipe:`` command, as :func:`sslvit.data.index.index_shards` writes for remote shards).
+A built-in corpus split (``digits:val``, ``fashion-mnist:test``; :mod:`sslvit.data.builtin`) is
+built once and stands for its folder.
 
 Finite plan (:func:`choose_streams`, :func:`split_streams`): an epoch is ``S`` logical streams,
 ``S`` the largest divisor of the global micro-batch ``G`` (batch size x world size) not above the
@@ -36,6 +38,7 @@ from typing import Any
 
 import braceexpand
 
+from sslvit.data.builtin import builtin_dir
 from sslvit.data.shards import MANIFEST_NAME, load_manifest
 
 ShardSpec = str | os.PathLike | list | tuple
@@ -123,6 +126,9 @@ def _local_dir(path: Path, spec: str) -> ShardSet:
 
 
 def _resolve_one(spec: str) -> ShardSet:
+    builtin = builtin_dir(spec)
+    if builtin is not None:
+        return _local_dir(builtin, spec)
     if spec.startswith("pipe:"):
         urls = list(braceexpand.braceexpand(spec))
         return ShardSet(urls, sources=[spec] * len(urls))

@@ -35,7 +35,8 @@ class EvalConfig:
     model: str = opt("", "registered variant or timm name (e.g. vit_base_patch16, vit_base_patch16_224) for "
                          "plain state dicts whose architecture cannot be inferred from the tensor shapes")
     train: str = opt("", "training split: shard spec (directory, manifest.json, brace pattern, "
-                         "comma list) or 'hf:NAME[:SPLIT]'; '' = the built-in digits train split")
+                         "comma list), 'hf:NAME[:SPLIT]' or a built-in split (fashion-mnist:train, "
+                         "digits:train); '' = the built-in digits train split")
     val: str = opt("", "validation split, same forms as --train; '' = the built-in digits val split")
     digits_image_size: int = opt(32, "side of the built-in digits corpus images")
     image_size: int | None = opt(None, "side of the images fed to the encoder; null = the encoder's own")

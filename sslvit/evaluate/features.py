@@ -122,12 +122,18 @@ def data_identity(spec: str) -> dict[str, Any]:
 
 
 def resolve_split(spec: str, split: str, cfg: EvalConfig, accelerator: Accelerator | None) -> str:
-    """A shard spec for ``spec``: "" = the built-in digits ``split``; "hf:NAME[:SPLIT]" is converted
-    once into shards under ``<out_dir>/hf_shards/``; anything else is returned as is."""
+    """A shard spec for ``spec``: "" = the built-in digits ``split``; a built-in corpus split
+    (``fashion-mnist:test``) is its folder, built once; "hf:NAME[:SPLIT]" is converted once into
+    shards under ``<out_dir>/hf_shards/``; anything else is returned as is."""
     if not spec:
         from sslvit.data_setup import default_shards
 
         return default_shards(split, cfg.digits_image_size, accelerator)
+    from sslvit.data.builtin import builtin_dir
+
+    builtin = builtin_dir(spec)  # every rank: the build runs once, under a lock
+    if builtin is not None:
+        return str(builtin)
     if spec.startswith("hf:"):
         from sslvit.evaluate.hf_data import hf_to_shards
 

@@ -75,7 +75,13 @@ def hf_to_shards(spec: str, cache_root: str | Path, state: Any = None) -> str:
 
 def resolve_spec(spec: str, cache_root: str | Path, state: Any = None) -> str:
     """A shard spec for ``spec``: an ``hf:`` spec becomes its shard directory under ``cache_root``
-    (converted once, see :func:`hf_to_shards`); any other spec is returned unchanged."""
+    (converted once, see :func:`hf_to_shards`); a built-in corpus split (``fashion-mnist:train``)
+    its folder, built once; any other spec is returned unchanged."""
+    from sslvit.data.builtin import builtin_dir
+
+    builtin = builtin_dir(spec)
+    if builtin is not None:
+        return str(builtin)
     if spec.startswith("hf:"):
         return hf_to_shards(spec, cache_root, state)
     return spec

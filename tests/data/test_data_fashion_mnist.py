@@ -312,3 +312,31 @@ def test_real_corpus_sizes(monkeypatch):
     train_idx, val_idx = fm.split_train_val(train_y)
     assert len(train_idx) == 55_000 and len(val_idx) == 5_000
     assert Counter(train_y[val_idx].tolist()) == dict.fromkeys(range(10), 500)
+
+
+# --- built-in corpus specs ---------------------------------------------------------------------
+
+
+def test_builtin_specs_build_once_where_sslvit_shards_would(corpus, tmp_path, monkeypatch, no_default_source):
+    """``fashion-mnist:SPLIT`` builds under data/shards/fashion_mnist of the working directory and
+    stands for that split's folder in every resolution path (loaders, evaluators, fine-tuning)."""
+    import functools
+
+    from sslvit.data.builtin import builtin_name
+    from sslvit.data.plan import resolve
+    from sslvit.evaluate.hf_data import resolve_spec
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(fm.FashionMNISTNotFound, match="apt-get install dataset-fashion-mnist"):
+        resolve("fashion-mnist:train")
+    assert not (tmp_path / "data").exists()  # nothing half-built
+    monkeypatch.setenv(fm.ENV_VAR, str(corpus.root))
+    monkeypatch.setattr(fm, "ensure_fashion_mnist_shards",
+                        functools.partial(fm.ensure_fashion_mnist_shards, val_size=VAL, shard_size=16))
+    shards = resolve("fashion_mnist:test")
+    assert sum(shards.counts) == N_TEST and all("data/shards/fashion_mnist/test/" in u for u in shards.urls)
+    assert resolve_spec("fashion-mnist:val", tmp_path / "hf") == str(Path("data/shards/fashion_mnist/val"))
+    assert builtin_name("Fashion-MNIST:train") == ("fashion-mnist", "train")
+    assert builtin_name("hf:fashion_mnist") is None and builtin_name("data/shards/x") is None
+    with pytest.raises(ValueError, match="the built-in digits corpus has the splits train, val"):
+        builtin_name("digits:test")

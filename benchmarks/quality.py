@@ -152,14 +152,24 @@ def evaluate(name: str, checkpoint: Path, corpus: Corpus, out: Path, args: argpa
     py, eval_dir = sys.executable, out / name / "eval"
     common = ["--checkpoint", str(checkpoint), "--train", corpus.train, "--val", corpus.report,
               "--out_dir", str(eval_dir), *corpus.probe]
-    _, probe_s = run([py, "-m", "sslvit", "probe", *common, "--epochs", str(args.probe_epochs)],
-                     out / "logs" / f"{name}_probe.log")
-    _, knn_s = run([py, "-m", "sslvit", "knn", *common], out / "logs" / f"{name}_knn.log")
+    probe_cmd = [py, "-m", "sslvit", "probe", *common, "--epochs", str(args.probe_epochs)]
+    knn_cmd = [py, "-m", "sslvit", "knn", *common]
+    record = out / name / "eval_command.json"
+    done = (REUSE and record.is_file() and (eval_dir / "knn.json").is_file()
+            and json.loads(record.read_text())["command"] == [probe_cmd[1:], knn_cmd[1:]])
+    if done:
+        probe_s, knn_s = json.loads(record.read_text())["seconds"]
+        print(f"reusing the probe and kNN of {name}", flush=True)
+    else:
+        _, probe_s = run(probe_cmd, out / "logs" / f"{name}_probe.log")
+        _, knn_s = run(knn_cmd, out / "logs" / f"{name}_knn.log")
+        record.write_text(json.dumps({"command": [probe_cmd[1:], knn_cmd[1:]], "seconds": [probe_s, knn_s]}) + "\n")
     row = Row(linear_probe=json.loads((eval_dir / "linear_probe.json").read_text())["val_top1"],
-              knn=json.loads((eval_dir / "knn.json").read_text())["val_top1"], eval_s=probe_s + knn_s)
+              knn=json.loads((eval_dir / "knn.json").read_text())["val_top1"],
+              eval_s=None if probe_s is None or knn_s is None else probe_s + knn_s)
     if args.finetune_steps and finetune_overrides is not None:
         row.finetune, seconds = finetune(name, checkpoint, corpus, out, args.finetune_steps, finetune_overrides)
-        row.eval_s += seconds
+        row.eval_s = None if row.eval_s is None else row.eval_s + seconds
     return row
 
 
@@ -236,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="+", metavar="CONFIG",
                         help="configs to pretrain (shipped names or YAML files); default: the corpus's recipes")
     parser.add_argument("--no-supervised", action="store_true", help="leave out the supervised ceiling")
+    parser.add_argument("--positions", nargs="+", choices=("learned", "learned_2d", "sincos"),
+                        default=["learned", "learned_2d", "sincos"],
+                        help="position tables of the random encoders (default: all three)")
     parser.add_argument("--reuse", action="store_true",
                         help="take finished pretraining and fine-tuning runs of the same command from --out (their times "
                              "as measured then)")
@@ -303,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in done:
             continue
         labels = []
-        for pos in ("learned", "learned_2d", "sincos"):
+        for pos in args.positions:
             twin = random_twin(path, out / f"arch{len(done)}", pos, args.seed)
             rlabel = f"random init, {pos} positions" + (f" ({label}'s encoder)" if len(encoders) > 1 and done else "")
             rows[rlabel] = evaluate(f"arch{len(done)}_random_{pos}", twin, corpus, out, args, finetune_overrides=None)
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             twin = out / f"arch{len(done)}" / f"random_{best.split(', ')[1].split()[0]}" / "model.safetensors"
             rows[best].finetune, seconds = finetune(f"arch{len(done)}_random_best", twin, corpus, out,
                                                     args.finetune_steps, ("optim.layer_decay=1.0",))
-            rows[best].eval_s += seconds
+            rows[best].eval_s = None if rows[best].eval_s is None else rows[best].eval_s + seconds
         done[key] = labels
     verdicts = {}
     if not args.no_baselines:

@@ -129,16 +129,9 @@ def resolve_split(spec: str, split: str, cfg: EvalConfig, accelerator: Accelerat
         from sslvit.data_setup import default_shards
 
         return default_shards(split, cfg.digits_image_size, accelerator)
-    from sslvit.data.builtin import builtin_dir
+    from sslvit.evaluate.hf_data import resolve_spec
 
-    builtin = builtin_dir(spec)  # every rank: the build runs once, under a lock
-    if builtin is not None:
-        return str(builtin)
-    if spec.startswith("hf:"):
-        from sslvit.evaluate.hf_data import hf_to_shards
-
-        return hf_to_shards(spec, output_dir(cfg) / "hf_shards", accelerator)
-    return spec
+    return resolve_spec(spec, output_dir(cfg) / "hf_shards", accelerator)
 
 
 def resolve_normalization(

@@ -11,7 +11,9 @@ official 10,000 test images for reporting) every recipe (a shipped config name o
 pretrained with ``python -m sslvit pretrain`` (timed, alone on the machine), then its encoder goes
 through the linear probe, kNN and (unless ``--finetune-steps 0``) fine-tuning, each through its
 command (``python -m sslvit probe | knn | finetune``), trained on the train split and reported on
-the report split. The baselines, evaluated the same way:
+the report split. On fashion-mnist every encoder's feature, random ones included, is its class token
+concatenated with the mean of its patch tokens (``--pool token+avg``, as DINO's linear evaluation
+of ViT-B does); on digits, the encoder's own pooling. The baselines, evaluated the same way:
 
 - random init: each recipe's architecture freshly initialised with each kind of position table
   (learned 1-D, learned 2-D, fixed 2-D sin-cos; the strongest on the probe is the baseline, and it
@@ -53,7 +55,7 @@ class Corpus:
     supervised: str
     finetune: tuple[str, ...]  # fine-tune overrides besides the step count
     finetune_steps: int
-    probe: tuple[str, ...] = ()  # probe / kNN options for every encoder
+    probe: tuple[str, ...] = ()  # probe / kNN options for every encoder (fashion-mnist: class token + patch mean)
     pixel_splits: tuple[str, str] = ("train", "val")
 
 
@@ -69,7 +71,8 @@ CORPORA = {
         supervised="supervised_fashion_mnist",
         finetune=("data.batch_size=64", "data.hflip=true", "data.crop_scale=0.4,1.0", "finetune.eval_crop_pct=1.0",
                   "optim.warmup_steps=30"),
-        finetune_steps=300, probe=("--crop_pct", "1.0", "--batch_size", "256"), pixel_splits=("train", "test")),
+        finetune_steps=300, probe=("--crop_pct", "1.0", "--batch_size", "256", "--pool", "token+avg"),
+        pixel_splits=("train", "test")),
 }
 
 

@@ -6,12 +6,11 @@
 
 Rows of families not run this time are kept from an earlier run under the same ``--out``.
 
-For each backbone family the script runs its digits recipe (``sslvit/configs/default.yaml`` for
-the ViT, ``sslvit/configs/<family>_digits.yaml`` for the others: about 5 minutes each on 2
-idle cores), then puts the pretrained encoder and the same architecture randomly initialised in
+For each backbone family the script runs its digits recipe (the shipped config ``default`` for
+the ViT, ``<family>_digits`` for the others: about 5 minutes each on 2 idle cores), then puts the pretrained encoder and the same architecture randomly initialised in
 every position-coding form the family has (a random learned position table is noise, so the
 sin-cos table, or none, is tried too, and the best form is the baseline) through the linear probe
-and kNN of ``pipelines/``. Prints a markdown table with the wall time of each pretraining and writes
+and kNN (``python -m sslvit probe | knn``). Prints a markdown table with the wall time of each pretraining and writes
 it, with the numbers as JSON, to ``--out``. A pretrained backbone that does not beat its strongest
 random form on the linear probe is marked FAIL.
 """
@@ -24,18 +23,24 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_quality import pixel_logistic_regression, pretrain, run  # noqa: E402
+from quality_lib import (  # noqa: E402
+    ROOT,
+    metadata,
+    pixel_logistic_regression,
+    pretrain,
+    random_encoder,
+    run,
+    sslvit_command,
+)
 
-RECIPES = {
-    "vit": "sslvit/configs/default.yaml",
-    "hybrid": "sslvit/configs/hybrid_digits.yaml",
-    "tnt": "sslvit/configs/tnt_digits.yaml",
-    "swin": "sslvit/configs/swin_digits.yaml",
-    "poolformer": "sslvit/configs/poolformer_digits.yaml",
+RECIPES = {  # shipped config names
+    "vit": "default",
+    "hybrid": "hybrid_digits",
+    "tnt": "tnt_digits",
+    "swin": "swin_digits",
+    "poolformer": "poolformer_digits",
 }
 # the random-initialisation forms of each family: constructor overrides (position coding)
 RANDOM_FORMS: dict[str, dict[str, dict]] = {
@@ -47,26 +52,12 @@ RANDOM_FORMS: dict[str, dict[str, dict]] = {
 }
 
 
-def random_encoder(checkpoint: Path, out: Path, overrides: dict, seed: int) -> Path:
-    """``checkpoint``'s architecture with ``overrides``, freshly initialised, saved with its run metadata."""
-    import torch
-
-    from sslvit.checkpoint import read_metadata, save_model
-    from sslvit.models import build_model
-
-    meta = read_metadata(checkpoint)
-    torch.manual_seed(seed)
-    model = build_model({**meta["model"], **overrides})
-    extra = {k: v for k, v in meta.items() if k in ("config", "objective", "normalization")}
-    return save_model(model, out / "model.safetensors", model.get_config(), extra=extra)
-
-
 def probe_and_knn(checkpoint: Path, out: Path, probe_epochs: int) -> dict[str, float]:
-    """Linear probe and kNN val top-1 of one encoder, through the pipelines' command lines."""
-    py, eval_dir = sys.executable, out / "eval"
+    """Linear probe and kNN val top-1 of one encoder, through the ``sslvit`` command."""
+    eval_dir = out / "eval"
     common = ["--checkpoint", str(checkpoint), "--out_dir", str(eval_dir)]
-    run([py, "pipelines/linear_probe.py", *common, "--epochs", str(probe_epochs)], out / "probe.log")
-    run([py, "pipelines/knn.py", *common], out / "knn.log")
+    run(sslvit_command("probe", *common, "--epochs", str(probe_epochs)), out / "probe.log")
+    run(sslvit_command("knn", *common), out / "knn.log")
     return {
         "linear_probe": json.loads((eval_dir / "linear_probe.json").read_text())["val_top1"],
         "knn": json.loads((eval_dir / "knn.json").read_text())["val_top1"],
@@ -75,28 +66,16 @@ def probe_and_knn(checkpoint: Path, out: Path, probe_epochs: int) -> dict[str, f
 
 def family_row(family: str, out: Path, args: argparse.Namespace) -> dict:
     """Pretrain one family's recipe (or reuse it) and evaluate it beside its random forms."""
-    from sslvit.checkpoint import read_metadata
-
     run_dir = out / family
     summary = run_dir / "pretrain.json"
     if args.reuse and summary.is_file():
         done = json.loads(summary.read_text())
         checkpoint, seconds = Path(done["checkpoint"]), done["seconds"]
     else:
-        start = time.time()
-        checkpoint = pretrain(
-            run_dir,
-            [
-                "--config",
-                RECIPES[family],
-                f"train.out_dir={run_dir / 'runs'}",
-                f"train.name=pretrain-{int(start)}",
-                "train.progress=false",
-            ],
-        )
-        seconds = time.time() - start
+        checkpoint, seconds, _ = pretrain(RECIPES[family], "pretrain", run_dir, [])
+        run_dir.mkdir(parents=True, exist_ok=True)
         summary.write_text(json.dumps({"checkpoint": str(checkpoint), "seconds": seconds}))
-    meta = read_metadata(checkpoint)
+    meta = metadata(checkpoint)
     row = {
         "family": family,
         "model": meta["model"].get("arch"),
@@ -108,7 +87,7 @@ def family_row(family: str, out: Path, args: argparse.Namespace) -> dict:
     }
     for form, overrides in RANDOM_FORMS[family].items():
         folder = run_dir / ("random-" + form.replace(" ", "_"))
-        encoder = random_encoder(checkpoint, folder, overrides, args.seed)
+        encoder = random_encoder(checkpoint, folder / "model.safetensors", overrides, args.seed)
         row["random"][form] = probe_and_knn(encoder, folder, args.probe_epochs)
     best = max(row["random"], key=lambda f: row["random"][f]["linear_probe"])
     row["best_random"] = best

@@ -9,9 +9,9 @@ Every row runs in a fresh process (thread pools are fixed per process): the defa
 builds its model, objective, optimizer and loader exactly as ``sslvit pretrain`` does, trains for
 ``--warmup-s`` seconds (workers start, caches warm, the tuner takes its readings), then times
 ``--steps`` steps. "old" keeps torch's defaults (intra-op and inter-op threads = the cores torch
-sees) next to the loader workers; "fit" applies ``sslvit.threads.fit_threads`` alone (intra-op +
+sees) next to the loader workers; "fit" applies ``sslvit.training.threads.fit_threads`` alone (intra-op +
 loader workers fit the usable cores, one inter-op thread: what ``train.threads`` = that count
-gives); "tuned" is what ``sslvit pretrain`` does: fit_threads, then ``sslvit.threads.ThreadTuner``
+gives); "tuned" is what ``sslvit pretrain`` does: fit_threads, then ``sslvit.training.threads.ThreadTuner``
 after every step (the intra-op count follows what other processes and the loader workers leave
 free, re-read every 10 s). The competitors are plain Python busy loops, one per usable core,
 started before the row and stopped after it. The table gives steps/s and how many times slower
@@ -48,12 +48,12 @@ def child(choice: str, steps: int, warmup_s: float, overrides: list[str]) -> dic
     import torch
     from accelerate import PartialState
 
-    from sslvit import config as config_lib
-    from sslvit.data_setup import resolve_train_data
     from sslvit.objectives import build_objective
-    from sslvit.optim import build_optimizer
-    from sslvit.threads import ThreadTuner, apply_threads, fit_threads
-    from sslvit.train import build_encoder
+    from sslvit.training import build_encoder
+    from sslvit.training import config as config_lib
+    from sslvit.training.data import resolve_train_data
+    from sslvit.training.optim import build_optimizer
+    from sslvit.training.threads import ThreadTuner, apply_threads, fit_threads
 
     cfg = config_lib.load(str(REPO / "sslvit" / "configs" / "default.yaml"), overrides)
     line = (f"threads: torch default ({torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} "
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.warmup_s, args.set)))
         return {}
-    from sslvit.threads import usable_cores
+    from sslvit.training.threads import usable_cores
 
     competitors = usable_cores() if args.competitors is None else args.competitors
     print(f"{usable_cores()} usable cores, {competitors} competitors, {args.warmup_s:g} s warmup + {args.steps} "
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows[choice, n] = run_row(choice, n, args)
             print(f"  {choice} beside {n}: {rows[choice, n]['steps_per_s']:.2f} steps/s, "
                   f"{rows[choice, n]['intra_op']} intra-op at the end", flush=True)
-    print(f"\n| thread choice | alone (steps/s) | beside (steps/s) | slower | intra-op at the end (alone / beside) |")
+    print("\n| thread choice | alone (steps/s) | beside (steps/s) | slower | intra-op at the end (alone / beside) |")
     print("|---|---:|---:|---:|---|")
     result = {}
     for choice in CHOICES:

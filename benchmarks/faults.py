@@ -21,7 +21,7 @@ random step (the run stops naming a checkpoint with finite weights; resuming it 
 resume with another ``data.num_workers``, and a corrupt checkpoint named as ``train.resume`` (refused).
 Every chain's final model.safetensors and objective.safetensors must equal the reference's bit for bit.
 
-The faults are injected by a driver script that wraps ``sslvit.train`` functions in the child
+The faults are injected by a driver script that wraps ``sslvit.training`` functions in the child
 process (``FAULT=kind:step[:n]``); nothing in the library reads it. The exit status is 1 when any
 check fails.
 """
@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sslvit.train_state import STATE_FILE, list_checkpoints  # noqa: E402
+from sslvit.training.checkpoints import STATE_FILE, list_checkpoints  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "sslvit" / "configs" / "default.yaml"
 
@@ -53,10 +53,10 @@ DRIVER = r"""
 import os, shutil, signal, sys
 from pathlib import Path
 import torch
-import sslvit.objectives as objectives
-import sslvit.train as T
-import sslvit.train_state as TS
-from sslvit import config
+import sslvit.training.checkpoints as TS
+import sslvit.training.loop as loop
+import sslvit.training.run as T
+from sslvit.training import config
 
 kind, _, rest = os.environ.get("FAULT", "").partition(":")
 args = [int(a) for a in rest.split(":") if a]
@@ -101,7 +101,7 @@ if kind == "kill_prune":
     shutil.rmtree = rmtree
 
 if kind == "nan_loss":
-    real_build = objectives.build_objective
+    real_build = T.build_objective
     def build(*a, **k):
         objective = real_build(*a, **k)
         forward = objective.forward
@@ -112,7 +112,7 @@ if kind == "nan_loss":
             return loss, metrics
         objective.forward = poisoned
         return objective
-    objectives.build_objective = build
+    T.build_objective = build
 
 if kind == "nan_update":
     real_opt = T.build_optimizer
@@ -134,7 +134,7 @@ def on_step_end(step):
     if kind == "kill_step" and step == at:
         die()
 
-T.train(cfg, on_step_end=on_step_end)
+loop.train(cfg, on_step_end=on_step_end)
 """
 
 CORRUPTIONS = ("truncate model.safetensors", "truncate optimizer.bin", "garbage random_states_0.pkl",
@@ -287,7 +287,7 @@ class Bench:
             at = self.rng.choice([s for s in range(2 * a.ckpt_every, a.steps, a.ckpt_every)])
         chain = kind.replace("_", "-")
         code, out, secs = self.launch(chain, f"{kind}:{at}")
-        last = next((line for line in reversed(out.splitlines()) if line.startswith("sslvit.train.NonFiniteLossError")), "")
+        last = next((line for line in reversed(out.splitlines()) if line.startswith("sslvit.training.NonFiniteLossError")), "")
         ckpts = list_checkpoints(self.work / "runs" / chain)
         finite = all(all(torch.isfinite(v).all() for v in load_file(str(p / "model.safetensors")).values())
                      for p in ckpts)

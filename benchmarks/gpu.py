@@ -11,7 +11,7 @@ table:
 
 * ``gemm_bf16_peak``: the measured dense bf16 matmul throughput of this GPU (n^3 products,
   n = 4096 / 8192 / 16384, CUDA events; the best is the MFU denominator), beside the data-sheet
-  figure from ``sslvit.throughput.bf16_peak``.
+  figure from ``sslvit.training.throughput.bf16_peak``.
 * model-only training steps on synthetic uint8 batches already on the device (forward in bf16
   autocast, backward, fused AdamW), eager and ``torch.compile``d, for MAE ViT-B/16, supervised
   ViT-B/16, SimMIM ViT-B/16 and SimMIM on a Swin when one is registered: images/s, training

@@ -189,10 +189,10 @@ def is_oom(err: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------ GEMM peak
 def datasheet_peak(device: torch.device) -> float | None:
-    """sslvit.throughput's data-sheet dense bf16 peak (FLOP/s) for this device, or None."""
+    """sslvit.training.throughput's data-sheet dense bf16 peak (FLOP/s) for this device, or None."""
     if device.type != "cuda":
         return None
-    from sslvit.throughput import bf16_peak
+    from sslvit.training.throughput import bf16_peak
 
     return bf16_peak(torch.cuda.get_device_name(device))
 
@@ -249,14 +249,14 @@ class ModelSpec:
 
 
 def build_objective(spec: ModelSpec, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
-    """Through sslvit's stable entry points: config.load -> train.build_encoder -> build_objective."""
-    import sslvit.config
+    """Through sslvit's stable entry points: config.load -> training.build_encoder -> build_objective."""
     import sslvit.objectives
+    import sslvit.training.config
 
-    cfg = sslvit.config.load(None, spec.config_overrides())
+    cfg = sslvit.training.config.load(None, spec.config_overrides())
     try:
-        from sslvit.train import build_encoder
-    except ModuleNotFoundError as err:  # sslvit.train needs accelerate; the encoder itself does not
+        from sslvit.training import build_encoder
+    except ModuleNotFoundError as err:  # sslvit.training needs accelerate; the encoder itself does not
         if err.name and err.name.startswith("sslvit"):
             raise
         from sslvit.models import create_model

@@ -20,10 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_quality import pretrain, run  # noqa: E402
+from quality_lib import ROOT, pretrain, run, sslvit_command  # noqa: E402
 
 # (label, pos_embed, pos_embed_at, the paper's ImageNet 5-shot linear accuracy for the row)
 ROWS = [
@@ -70,31 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     start, results = time.time(), []
     for label, kind, at, paper in ROWS:
         name = f"{kind}-{at}"
-        began = time.time()
-        checkpoint = pretrain(
+        checkpoint, seconds, _ = pretrain(
+            "default",
+            "run",
             out / name,
-            [
-                *RECIPE,
-                f"model.pos_embed={kind}",
-                f"model.pos_embed_at={at}",
-                f"train.epochs={args.epochs}",
-                f"train.out_dir={out / name / 'runs'}",
-                f"train.name=run-{int(began)}",
-            ],
+            [*RECIPE, f"model.pos_embed={kind}", f"model.pos_embed_at={at}", f"train.epochs={args.epochs}"],
         )
-        seconds = time.time() - began
         eval_dir = out / name / "eval"
         run(
-            [
-                sys.executable,
-                "pipelines/linear_probe.py",
-                "--checkpoint",
-                str(checkpoint),
-                "--out_dir",
-                str(eval_dir),
-                "--epochs",
-                str(args.probe_epochs),
-            ],
+            sslvit_command("probe", "--checkpoint", str(checkpoint), "--out_dir", str(eval_dir),
+                           "--epochs", str(args.probe_epochs)),
             out / name / "probe.log",
         )
         probe = json.loads((eval_dir / "linear_probe.json").read_text())["val_top1"]

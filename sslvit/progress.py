@@ -1,5 +1,10 @@
-"""Progress on long work: a tqdm bar when stderr is a terminal, periodic lines in logs, on the main
-process only."""
+"""Who speaks for the job, and progress on long work.
+
+:func:`is_main_process` is the one test of "am I the process that prints and writes": accelerate's
+answer once it has started, else the launcher's ``RANK`` (unset or empty = the main process).
+:func:`say` prints once per job; :func:`progress` is a tqdm bar when stderr is a terminal and
+periodic lines in logs, on the main process only.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,25 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from accelerate import PartialState
-
 LINE_EVERY_S = 10.0  # seconds between progress lines when stderr is not a terminal
 
 
 def is_main_process() -> bool:
-    """Whether this is the main process (rank 0), also before accelerate has started."""
-    if PartialState._shared_state:
-        return PartialState().is_main_process
-    return os.environ.get("RANK", "0") == "0"
+    """Whether this is the job's main process (global rank 0), also before accelerate has started.
+
+    Reads accelerate's state only when accelerate is already imported, so a torch-free command
+    start stays torch-free.
+    """
+    state = sys.modules.get("accelerate.state")
+    if state is not None and state.PartialState._shared_state:
+        return bool(state.PartialState().is_main_process)
+    return os.environ.get("RANK", "").strip() in ("", "0")
+
+
+def say(message: str, file: Any = None) -> None:
+    """Print ``message`` (flushed) once for the whole job: on the main process only."""
+    if is_main_process():
+        print(message, file=file or sys.stdout, flush=True)
 
 
 class LineProgress:

@@ -28,9 +28,9 @@ def one_thread(request):
 def fixed_threads(monkeypatch):
     """In-process runs keep their first thread count (the tuner never re-reads): runs compared
     bitwise stay comparable. tests/test_thread_tuner.py turns it back on where it tests it."""
-    import sslvit.threads
+    import sslvit.training.threads
 
-    monkeypatch.setattr(sslvit.threads, "TUNE_INTERVAL_S", math.inf)
+    monkeypatch.setattr(sslvit.training.threads, "TUNE_INTERVAL_S", math.inf)
 
 
 @pytest.fixture

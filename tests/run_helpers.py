@@ -48,9 +48,9 @@ def bar_shards(root: Path, train: int = 160, val: int = 100) -> dict[str, str]:
 
 def poison_loss(monkeypatch, bad_call) -> None:
     """Make the objective's loss NaN on the forward calls ``n`` (1-based) for which ``bad_call(n)`` is true."""
-    import sslvit.objectives as objectives
+    import sslvit.training.run as run
 
-    real = objectives.build_objective
+    real = run.build_objective
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -65,4 +65,4 @@ def poison_loss(monkeypatch, bad_call) -> None:
         objective.forward = forward_with_nan
         return objective
 
-    monkeypatch.setattr(objectives, "build_objective", poisoned)
+    monkeypatch.setattr(run, "build_objective", poisoned)

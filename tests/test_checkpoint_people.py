@@ -17,19 +17,19 @@ import torch
 from hub_server import FakeHub
 from safetensors.torch import save_file
 
-from sslvit import config as config_lib
 from sslvit.checkpoint import (
     CheckpointError,
     infer_model_config,
     load_checkpoint,
     read_metadata,
     save_model,
-    sha256_file,
 )
+from sslvit.checkpoint import checkpoint_sha256 as sha256_file
 from sslvit.evaluate.common import EvalConfig, default_output_dir, load_encoder
 from sslvit.evaluate.features import encode
 from sslvit.hub import publish
 from sslvit.models import create_model, model_defaults, model_family
+from sslvit.training import config as config_lib
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2)  # vit_pico_patch4's shape
 TOKEN = "hf_TestSecretToken0123456789abcdef"
@@ -175,7 +175,7 @@ def test_timm_model_names_resolve_in_models_evaluators_and_configs(tmp_path: Pat
     avg = _timm("vit_small_patch16_224", **TINY, global_pool="avg", num_classes=0)
     torch.save({"model": avg.state_dict()}, tmp_path / "avg.pth")  # the named variant takes fc_norm from the keys
     _assert_same_features(load_checkpoint(tmp_path / "avg.pth", model_name="vit_pico_patch4_32"), avg)
-    from sslvit.train import check_model_config
+    from sslvit.training import check_model_config
 
     check_model_config(config_lib.load(None, ["model.name=vit_small_patch16_224"]))  # the config accepts it
     with pytest.raises(KeyError, match="did you mean vit_small_patch16_224"):

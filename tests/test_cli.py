@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslvit import config as config_lib
 from sslvit.cli import main
 from sslvit.cli.pretrain import next_steps
+from sslvit.training import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["shards", "pretrain", "probe", "knn", "finetune", "visualize", "publish", "config", "configs"]

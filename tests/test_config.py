@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslvit import config as config_lib
-from sslvit.config import ConfigError, RunConfig
+from sslvit.config import ConfigError
+from sslvit.training import config as config_lib
+from sslvit.training.config import RunConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sslvit" / "configs").glob("*.yaml"))
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sslvit import config as config_lib
-from sslvit.config import ConfigError, RunConfig, key_docs
+from sslvit.config import ConfigError, key_docs
 from sslvit.objectives import objectives
+from sslvit.training import config as config_lib
+from sslvit.training.config import RunConfig
 
 
 def read(raw: str):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from accelerate import PartialState
 
-from sslvit import config as config_lib
 from sslvit.data import write_shards
-from sslvit.data_setup import IMAGENET_MEAN, resolve_train_data
+from sslvit.training import config as config_lib
+from sslvit.training.data import IMAGENET_MEAN, resolve_train_data
 from tests.data.data_helpers import make_items
 
 

@@ -20,9 +20,9 @@ from hub_server import FakeHub
 from safetensors import safe_open
 
 import sslvit
+from sslvit.checkpoint import checkpoint_sha256 as sha256_file
 from sslvit.checkpoint import save_model
 from sslvit.hub import PublishError, from_pretrained, publish
-from sslvit.hub.common import sha256_file
 from sslvit.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ OBJECTIVE = {"name": "mae", "mask_ratio": 0.75, "norm_pix_loss": True, "decoder_
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
-    """An encoder checkpoint as ``sslvit.train`` writes it (tiny ViT, random weights)."""
+    """An encoder checkpoint as ``sslvit.training`` writes it (tiny ViT, random weights)."""
     torch.manual_seed(0)
     model = create_model("vit_pico_patch4")
     path = tmp_path / "run" / "model.safetensors"

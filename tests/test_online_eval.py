@@ -11,9 +11,9 @@ from accelerate.state import AcceleratorState
 from run_helpers import TINY, bar_shards
 from safetensors.torch import load_file
 
-from sslvit import config as config_lib
-from sslvit.evaluate.online import OnlineEval
+from sslvit.evaluate.online import OnlineEval, OnlineEvalHook, online_hooks
 from sslvit.models import create_model
+from sslvit.training import config as config_lib
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +41,38 @@ def test_online_eval_is_off_by_default_and_defaults_to_the_digits_val_split(fres
     accelerator = Accelerator(cpu=True)
     assert OnlineEval.from_config(config_lib.load(None, []), accelerator, (0.5,) * 3, (0.5,) * 3) is None
     asked = []
-    monkeypatch.setattr("sslvit.data_setup.default_shards", lambda split, size, acc=None: asked.append(split) or "VAL")
+    monkeypatch.setattr("sslvit.evaluate.online.default_shards", lambda split, size, acc=None: asked.append(split) or "VAL")
     online = OnlineEval.from_config(config_lib.load(None, ["train.eval_every=3"]), accelerator, (0.5,) * 3, (0.5,) * 3)
     assert (online.spec, asked) == ("VAL", ["val"])
 
 
-def _run(tmp_path, shards, name: str, *extra: str):
-    from sslvit.train import train
+def test_the_hook_evaluates_on_due_steps_only_and_only_when_asked(fresh_accelerate, monkeypatch):
+    assert online_hooks(config_lib.load(None, [])) == []
+    (hook,) = online_hooks(config_lib.load(None, ["train.eval_every=3", "data.val_shards=VAL"]))
+    assert isinstance(hook, OnlineEvalHook)
+    assert hook.start(Accelerator(cpu=True), (0.5,) * 3, (0.5,) * 3) == "online kNN every 3 steps on VAL"
+    calls = []
+    monkeypatch.setattr(OnlineEval, "__call__", lambda self, encoder: calls.append(encoder) or {"online/knn_top1": 1.0})
+    results = [hook(step, 7, "ENC") for step in range(1, 8)]
+    assert results == [None, None, {"online/knn_top1": 1.0}, None, None, {"online/knn_top1": 1.0},
+                       {"online/knn_top1": 1.0}], "every 3 steps and at the last"
+    assert calls == ["ENC"] * 3
+
+
+def _run(tmp_path, shards, name: str, *extra: str, hooks: bool = True):
+    from sslvit.training import train
 
     cfg = config_lib.load(None, [*TINY, f"data.train_shards={shards['train']}", f"data.val_shards={shards['val']}",
                                  "train.steps=4", "train.trackers=[]", f"train.out_dir={tmp_path}",
                                  f"train.name={name}", "model.drop_path_rate=0.2", *extra])
-    return train(cfg)
+    return train(cfg, hooks=online_hooks(cfg) if hooks else ())
+
+
+def test_eval_every_without_a_hook_says_that_nothing_runs(fresh_accelerate, tmp_path, shards, capsys):
+    result = _run(tmp_path, shards, "unhooked", "train.eval_every=2", hooks=False)
+    assert "train.eval_every=2 is set but no online-evaluation hook was given" in capsys.readouterr().out
+    rows = (result.run_dir / "metrics.jsonl").read_text()
+    assert "online/knn_top1" not in rows
 
 
 def test_online_eval_logs_and_leaves_the_weights_bitwise_unchanged(fresh_accelerate, tmp_path, shards):

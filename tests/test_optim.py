@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sslvit.models.encoder import block_layer_id
-from sslvit.optim import build_optimizer, lr_at, param_groups, set_lr
+from sslvit.training.optim import build_optimizer, lr_at, param_groups, set_lr
 
 
 class TinyEncoder(nn.Module):

@@ -11,11 +11,11 @@ import torch
 from run_helpers import TINY, bar_images, bar_shards
 from torch import nn
 
-from sslvit import config as config_lib
 from sslvit import progress as progress_lib
-from sslvit import runtime
 from sslvit.config import ConfigError
-from sslvit.runtime import (
+from sslvit.training import config as config_lib
+from sslvit.training import launch as runtime
+from sslvit.training.launch import (
     RunDirExistsError,
     make_accelerator,
     resolve_compile,
@@ -142,7 +142,7 @@ def shards(tmp_path_factory) -> dict[str, str]:
 def test_launcher_flags_decide_precision_and_accumulation_of_a_run(fresh_accelerate, tmp_path, shards, capsys):
     """What ``accelerate launch --mixed_precision bf16 --gradient_accumulation_steps 2`` hands the process:
     ACCELERATE_MIXED_PRECISION in the environment, the accumulation on the launcher's command line."""
-    from sslvit.train import train
+    from sslvit.training import train
 
     fresh_accelerate.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     argv = ["python", "-m", "accelerate.commands.launch", "--mixed_precision", "bf16",
@@ -150,7 +150,7 @@ def test_launcher_flags_decide_precision_and_accumulation_of_a_run(fresh_acceler
     fresh_accelerate.setattr(runtime, "_launcher_argv", lambda: argv)
     cfg = config_lib.load(None, [*TINY, f"data.train_shards={shards['train']}", "train.steps=1",
                                  "train.trackers=[]", f"train.out_dir={tmp_path}", "train.name=launched"])
-    from sslvit.train import build_encoder
+    from sslvit.training import build_encoder
 
     encoder = build_encoder(cfg)
     dtypes = []
@@ -200,7 +200,7 @@ def test_checkpoints_alone_count_as_outputs_and_config_alone_does_not(tmp_path):
 
 
 def test_rerunning_a_runs_own_config_is_refused_before_any_work(fresh_accelerate, tmp_path, shards):
-    from sslvit.train import train
+    from sslvit.training import train
 
     cfg = config_lib.load(None, [*TINY, f"data.train_shards={shards['train']}", "train.steps=1",
                                  "train.trackers=[]", f"train.out_dir={tmp_path}", "train.name=done",

@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-import sslvit.threads as threads_mod
-from sslvit.config import load
-from sslvit.cpu_load import (CLOCK_TICKS, Load, LoadSample, child_pids, load_between, machine_busy_seconds,
-                             process_cpu_seconds, sample_load)
-from sslvit.threads import ThreadPlan, ThreadTuner, fit_threads
+import sslvit.training.threads as threads_mod
+from sslvit.training.config import load
+from sslvit.training.cpu_load import (
+    CLOCK_TICKS,
+    Load,
+    LoadSample,
+    child_pids,
+    load_between,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    sample_load,
+)
+from sslvit.training.threads import ThreadPlan, ThreadTuner, fit_threads
 
 
 def _fake_proc(root: Path, cpu_lines: list[str], procs: dict[int, tuple[str, int, int, int]]) -> Path:
@@ -160,7 +168,7 @@ def test_train_threads_or_omp_fix_the_count_and_auto_says_it_follows():
 
 def test_training_follows_the_tuner_and_says_so(tmp_path: Path, monkeypatch, capsys, fresh_accelerate):
     """An in-process run with a fake reading of busy neighbours: 4 usable cores, 3 taken -> 1 thread."""
-    from sslvit.train import train
+    from sslvit.training import train
     from tests.run_helpers import TINY
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

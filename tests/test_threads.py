@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslvit.config import ConfigError, load
-from sslvit.threads import apply_threads, cgroup_cpu_limit, fit_threads, usable_cores
+from sslvit.config import ConfigError
+from sslvit.training.config import load
+from sslvit.training.threads import apply_threads, cgroup_cpu_limit, fit_threads, usable_cores
 
 
 def _cfg(workers: int):

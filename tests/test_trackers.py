@@ -7,10 +7,10 @@ import os
 import pytest
 from run_helpers import TINY, bar_shards
 
-from sslvit import config as config_lib
-from sslvit import runtime
 from sslvit.config import ConfigError
-from sslvit.runtime import (
+from sslvit.training import config as config_lib
+from sslvit.training import launch as runtime
+from sslvit.training.launch import (
     check_trackers,
     init_trackers,
     make_accelerator,
@@ -54,7 +54,7 @@ def test_a_missing_tracker_is_an_error_not_dropped(monkeypatch):
 
 
 def test_a_bad_tracker_fails_before_the_run_directory_is_made(fresh_accelerate, tmp_path):
-    from sslvit.train import train
+    from sslvit.training import train
 
     cfg = config_lib.load(None, [*TINY, "train.trackers=nosuch", f"train.out_dir={tmp_path}", "train.name=never",
                                  f"data.train_shards={tmp_path / 'none'}"])
@@ -86,7 +86,7 @@ def test_project_and_run_names_reach_tensorboard_and_wandb(fresh_accelerate, tmp
 
 
 def test_a_training_run_logs_tensorboard_under_its_name(fresh_accelerate, tmp_path):
-    from sslvit.train import train
+    from sslvit.training import train
 
     shards = bar_shards(tmp_path / "bars", train=32, val=20)
     cfg = config_lib.load(None, [*TINY, f"data.train_shards={shards['train']}", "train.steps=1",

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslvit import config as config_lib
 from sslvit import load_checkpoint
 from sslvit.checkpoint import read_metadata
-from sslvit.train_state import ResumeError, list_checkpoints, validate_checkpoint
+from sslvit.training import config as config_lib
+from sslvit.training.checkpoints import ResumeError, list_checkpoints, validate_checkpoint
 from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE, poison_loss
 
 TINY = [*TINY_MAE, "data.batch_size=64", "data.num_workers=1"]
@@ -69,8 +69,8 @@ def test_default_run_writes_a_self_describing_encoder(workdir):
 
 KILLER = """
 import os, signal, sys
-from sslvit import config
-from sslvit.train import train
+from sslvit.training import config
+from sslvit.training import train
 cfg = config.load(sys.argv[2], sys.argv[3:])
 def kill(step):
     if step == int(sys.argv[1]):
@@ -185,7 +185,7 @@ def test_cpu_flag_with_two_processes_fails_loudly(workdir):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(workdir, monkeypatch):
-    from sslvit.train import NonFiniteLossError, train
+    from sslvit.training import NonFiniteLossError, train
 
     poison_loss(monkeypatch, lambda n: n >= 5)
     monkeypatch.chdir(workdir)

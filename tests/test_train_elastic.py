@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sslvit import config as config_lib
+from sslvit.training import config as config_lib
 from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE
 
 TINY = [*TINY_MAE, "train.trackers=[]"]
@@ -23,13 +23,13 @@ TINY = [*TINY_MAE, "train.trackers=[]"]
 TAPPED = """
 import json, os, signal, sys
 import torch
-import sslvit.objectives as objectives
-import sslvit.train as train_module
-from sslvit import config
+import sslvit.training.loop as loop
+import sslvit.training.run as run
+from sslvit.training import config
 
 cfg = config.load(sys.argv[1], sys.argv[2:])
 rank = int(os.environ.get("RANK", "0"))
-real_batches, real_build = train_module._batches, objectives.build_objective
+real_batches, real_build = loop.batches, run.build_objective
 
 def batches(loader, start):
     for epoch, index, batch in real_batches(loader, start):
@@ -57,9 +57,9 @@ def kill(step):
     if step == int(os.environ.get("KILL_AT", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
-train_module._batches = batches
-objectives.build_objective = build
-train_module.train(cfg, on_step_end=kill)
+loop.batches = batches
+run.build_objective = build
+loop.train(cfg, on_step_end=kill)
 """
 
 

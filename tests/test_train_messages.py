@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslvit.config import load
+from sslvit.training.config import load
 
 
 def test_a_warmup_as_long_as_the_run_is_said(tmp_path: Path, capsys, fresh_accelerate):
-    from sslvit.train import train
+    from sslvit.training import train
     from tests.run_helpers import TINY
 
     cfg = load(None, [*TINY, "train.trackers=[]", "train.steps=3", "optim.warmup_steps=null", "optim.warmup_epochs=3",

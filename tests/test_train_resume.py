@@ -10,17 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslvit import config as config_lib
-from sslvit.train_state import (
+from sslvit.training import config as config_lib
+from sslvit.training.checkpoints import (
     STATE_FILE,
     ResumeError,
     RunRecord,
-    config_changes,
-    find_resume_point,
     list_checkpoints,
-    restore_rng,
     validate_checkpoint,
 )
+from sslvit.training.resume import config_changes, find_resume_point, restore_rng
 from tests.run_helpers import DEFAULT_CONFIG, TINY_MAE, poison_loss
 
 TINY = [*TINY_MAE, "data.batch_size=64", "data.num_workers=0", "train.trackers=[]"]
@@ -42,7 +40,7 @@ def _cfg(shards: str, out: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def base(shards, tmp_path_factory) -> Path:
     """A finished 4-step run with a checkpoint after steps 1, 2 and 3: its run directory."""
-    from sslvit.train import train
+    from sslvit.training import train
 
     out = tmp_path_factory.mktemp("runs")
     train(_cfg(shards, out, "train.name=base", "train.ckpt_every=1", "train.keep_last=0"))
@@ -60,8 +58,9 @@ def _copy_run(base: Path, out: Path, name: str) -> Path:
 
 
 def _wanted(shards: str, out: Path, *overrides: str, world_size: int = 1) -> RunRecord:
-    from sslvit.runtime import resolve_launch_options
-    from sslvit.train import _run_record, _shard_set
+    from sslvit.training.launch import resolve_launch_options
+    from sslvit.training.resume import run_record as _run_record
+    from sslvit.training.resume import shard_set_of as _shard_set
 
     cfg = _cfg(shards, out, *overrides)
     return _run_record(cfg, world_size, resolve_launch_options(cfg).grad_accum, _shard_set(shards))
@@ -79,7 +78,7 @@ def test_latest_with_a_name_looks_only_in_that_run(base, shards, tmp_path):
 
 
 def test_latest_with_a_name_refuses_end_to_end(base, shards, tmp_path, monkeypatch):
-    from sslvit.train import train
+    from sslvit.training import train
 
     _copy_run(base, tmp_path, "other")
     monkeypatch.chdir(tmp_path)
@@ -118,7 +117,7 @@ def test_latest_without_a_name_takes_the_newest_run_that_fits(base, shards, tmp_
 
 
 def test_changes_that_cannot_be_exact_are_refused_before_any_work(base, shards, tmp_path, monkeypatch):
-    from sslvit.train import train
+    from sslvit.training import train
 
     run = _copy_run(base, tmp_path, "base")
     config_before = (run / "config.yaml").read_bytes()
@@ -151,7 +150,7 @@ def test_elastic_layout_is_allowed_when_the_global_batch_is_kept(shards, tmp_pat
 
 
 def test_an_allowed_change_keeps_config_yaml_and_writes_the_resume_config(base, shards, tmp_path, monkeypatch):
-    from sslvit.train import train
+    from sslvit.training import train
 
     run = _copy_run(base, tmp_path, "base")
     for ckpt in list_checkpoints(run)[1:]:
@@ -247,9 +246,9 @@ def test_rng_states_that_cannot_be_applied_are_an_error(base, tmp_path):
 
 def _poison_after(monkeypatch, step: int) -> None:
     """Make the optimizer update of ``step`` write NaN into the weights (the loss stays finite)."""
-    import sslvit.train as train_module
+    import sslvit.training.run as run_module
 
-    real = train_module.build_optimizer
+    real = run_module.build_optimizer
 
     def build(*args, **kwargs):
         optimizer = real(*args, **kwargs)
@@ -266,11 +265,11 @@ def _poison_after(monkeypatch, step: int) -> None:
         optimizer.step = poisoned
         return optimizer
 
-    monkeypatch.setattr(train_module, "build_optimizer", build)
+    monkeypatch.setattr(run_module, "build_optimizer", build)
 
 
 def test_a_nonfinite_update_is_never_checkpointed_nor_named_last_good(shards, tmp_path, monkeypatch):
-    from sslvit.train import NonFiniteLossError, train
+    from sslvit.training import NonFiniteLossError, train
 
     _poison_after(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
@@ -285,7 +284,7 @@ def test_a_nonfinite_update_is_never_checkpointed_nor_named_last_good(shards, tm
 
 
 def test_a_nonfinite_last_update_never_writes_the_final_model(shards, tmp_path, monkeypatch):
-    from sslvit.train import NonFiniteLossError, train
+    from sslvit.training import NonFiniteLossError, train
 
     _poison_after(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
@@ -297,7 +296,7 @@ def test_a_nonfinite_last_update_never_writes_the_final_model(shards, tmp_path, 
 
 
 def test_huge_lr_stops_without_a_nonfinite_checkpoint(shards, tmp_path, monkeypatch):
-    from sslvit.train import NonFiniteLossError, train
+    from sslvit.training import NonFiniteLossError, train
 
     monkeypatch.chdir(tmp_path)
     cfg = _cfg(shards, tmp_path, "train.name=lr", "optim.lr=1e6", "train.ckpt_every=2", "train.steps=6")
@@ -339,7 +338,7 @@ def _count_host_reads(monkeypatch) -> list[int]:
 
 def test_steps_between_log_steps_never_read_the_device(shards, tmp_path, monkeypatch):
     """Non-finite detection and loss values stay on the device until a log step."""
-    from sslvit.train import train
+    from sslvit.training import train
 
     calls = _count_host_reads(monkeypatch)
     per_step: dict[int, int] = {}
@@ -359,7 +358,7 @@ def test_steps_between_log_steps_never_read_the_device(shards, tmp_path, monkeyp
 def test_a_nonfinite_loss_skips_the_update_on_the_device(shards, tmp_path, monkeypatch, capsys):
     """With the fused optimizer, a non-finite loss leaves weights, moments and step counts exactly as
     if the update had not run; the skip is counted and said at the next checkpoint or log step."""
-    from sslvit.train import train
+    from sslvit.training import train
 
     poison_loss(monkeypatch, lambda n: n == 3)
     monkeypatch.chdir(tmp_path)

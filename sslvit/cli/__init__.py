@@ -15,6 +15,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from sslvit import __version__
+
 # name -> (module, one line of help); the order is the order of a run
 COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("sslvit.cli.shards", "write WebDataset shards (digits, fashion-mnist, folder, HF) or index them"),
@@ -31,8 +33,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     """``sslvit --help``: every subcommand with one line of help."""
-    from sslvit import __version__
-
     width = max(len(name) for name in COMMANDS)
     lines = [f"usage: sslvit COMMAND [ARGS ...]    (sslvit {__version__})", "",
              "A pretraining pipeline for Vision Transformers: shards -> pretrain -> evaluate -> publish.", "",
@@ -50,8 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage(), end="", file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
     if args[0] == "--version":
-        from sslvit import __version__
-
         print(f"sslvit {__version__}")
         return 0
     name = args[0]

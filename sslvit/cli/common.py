@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from sslvit.progress import is_main_process
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
@@ -15,14 +17,9 @@ class CliError(Exception):
     """Bad input to a subcommand; the message names the bad argument, key or file."""
 
 
-def is_main_rank() -> bool:
-    """True unless a launcher started this process as a non-zero rank (errors print once)."""
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
 def fail(prog: str, message: str) -> int:
     """Print ``{prog}: error: {message}`` to stderr (on rank 0) and return exit status 2."""
-    if is_main_rank():
+    if is_main_process():
         print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 

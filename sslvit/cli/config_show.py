@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from sslvit import config as config_lib
 from sslvit.cli.common import DEFAULT_CONFIG, CliError, error_text, fail, resolve_config
+from sslvit.training import config as config_lib
 
 DESCRIPTION = """\
 Print the config a command would run with, as YAML, and run nothing.
@@ -23,9 +23,9 @@ as that command checks it, so a mistyped key or a wrong type fails here too. The
 
 def config_classes() -> dict[str, type]:
     """Command name -> the config dataclass that command loads."""
-    from sslvit.evaluate.finetune import FinetuneConfig
-    from sslvit.evaluate.knn import KnnConfig
-    from sslvit.evaluate.linear_probe import ProbeConfig
+    from sslvit.evaluate.finetune import FinetuneConfig  # deferred: torch-free CLI start
+    from sslvit.evaluate.knn import KnnConfig  # deferred: torch-free CLI start
+    from sslvit.evaluate.linear_probe import ProbeConfig  # deferred: torch-free CLI start
 
     return {"pretrain": config_lib.RunConfig, "finetune": FinetuneConfig, "probe": ProbeConfig,
             "knn": KnnConfig}

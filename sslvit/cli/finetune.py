@@ -7,6 +7,7 @@ from typing import Any
 
 from sslvit.cli.common import quoted
 from sslvit.cli.evaluator import run_evaluator
+from sslvit.evaluate.finetune import FINETUNE_HELP, FinetuneConfig, run_finetune
 
 ALIASES = {"checkpoint": "finetune.checkpoint", "model": "model.name", "train": "data.train_shards",
            "val": "data.val_shards"}
@@ -35,7 +36,5 @@ def report(cfg: Any, metrics: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "sslvit finetune") -> int:
     """Run ``sslvit finetune``; returns the exit status."""
-    from sslvit.evaluate.finetune import FINETUNE_HELP, FinetuneConfig, run_finetune
-
     return run_evaluator(argv, prog, DESCRIPTION, FinetuneConfig, run_finetune, report,
                          aliases=ALIASES, extra_help=FINETUNE_HELP)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sslvit.cli.common import quoted
 from sslvit.cli.evaluator import run_evaluator
+from sslvit.evaluate.knn import KnnConfig, run_knn
 
 DESCRIPTION = """\
 Weighted k-nearest-neighbour classification on normalised frozen features (DINO protocol).
@@ -30,6 +31,4 @@ def report(cfg: Any, metrics: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "sslvit knn") -> int:
     """Run ``sslvit knn``; returns the exit status."""
-    from sslvit.evaluate.knn import KnnConfig, run_knn
-
     return run_evaluator(argv, prog, DESCRIPTION, KnnConfig, run_knn, report)

@@ -7,9 +7,11 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from sslvit import config as config_lib
 from sslvit.cli.common import DEFAULT_CONFIG, CliError, error_text, fail, quoted, resolve_config
 from sslvit.cli.keys import key_table
+from sslvit.files import METRICS_FILE, RUN_CONFIG_FILE
+from sslvit.progress import is_main_process
+from sslvit.training import config as config_lib
 
 DESCRIPTION = """\
 Pretrain a ViT encoder.
@@ -73,20 +75,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "sslvit pretrain") -> in
         print(help_text(prog, cfg, source), end="")
         return 0
 
-    from accelerate import PartialState
-
-    from sslvit.train import train
-    from sslvit.train_state import ResumeError
+    from sslvit.evaluate.online import online_hooks  # deferred: torch-free CLI start
+    from sslvit.training import ResumeError, train  # deferred: torch-free CLI start
 
     try:
-        result = train(cfg)
+        result = train(cfg, hooks=online_hooks(cfg))
     except (config_lib.ConfigError, FileNotFoundError, ResumeError, PermissionError) as err:
         return fail(prog, error_text(err))
-    if PartialState().is_main_process:
+    if is_main_process():
         print(f"\nencoder:   {result.model_path.resolve()}")
         print(f"objective: {result.objective_path.resolve()} (encoder + decoder, for reconstructions)")
-        print(f"config:    {(result.run_dir / 'config.yaml').resolve()}    "
-              f"metrics: {(result.run_dir / 'metrics.jsonl').resolve()}")
+        print(f"config:    {(result.run_dir / RUN_CONFIG_FILE).resolve()}    "
+              f"metrics: {(result.run_dir / METRICS_FILE).resolve()}")
         print("next:")
         for command in next_steps(result.model_path):
             print(f"  {command}")

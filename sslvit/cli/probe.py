@@ -8,6 +8,7 @@ from typing import Any
 
 from sslvit.cli.common import quoted
 from sslvit.cli.evaluator import run_evaluator
+from sslvit.evaluate.linear_probe import ProbeConfig, run_linear_probe
 
 DESCRIPTION = """\
 Linear probe of a frozen encoder (MAE protocol: BatchNorm without affine, then a linear layer).
@@ -37,6 +38,4 @@ def report(cfg: Any, metrics: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "sslvit probe") -> int:
     """Run ``sslvit probe``; returns the exit status."""
-    from sslvit.evaluate.linear_probe import ProbeConfig, run_linear_probe
-
     return run_evaluator(argv, prog, DESCRIPTION, ProbeConfig, run_linear_probe, report)

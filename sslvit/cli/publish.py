@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sslvit.cli.common import error_text, fail, is_main_rank, quoted, quoted_spec
+from sslvit.cli.common import error_text, fail, quoted, quoted_spec
+from sslvit.progress import is_main_process
 
 DESCRIPTION = """\
 Publish a pretrained encoder to the Hugging Face Hub (or write the repository folder only).
@@ -46,8 +47,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sslvit publish") -> int
     """Run ``sslvit publish``; returns 0, 2 for bad input, 1 when the upload fails."""
     args = build_parser(prog).parse_args(argv)
 
-    from sslvit.checkpoint import CheckpointError
-    from sslvit.hub import PublishError, publish
+    from sslvit.checkpoint import CheckpointError  # deferred: torch-free CLI start
+    from sslvit.hub import PublishError, publish  # deferred: torch-free CLI start
 
     try:
         result = publish(args.checkpoint, args.repo_id, metrics=args.metrics, private=args.private,
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "sslvit publish") -> int
     except (PublishError, CheckpointError) as err:
         return fail(prog, error_text(err))
     except Exception as err:  # HTTP errors from the Hub client: report the message, not a traceback
-        if is_main_rank():
+        if is_main_process():
             print(f"{prog}: upload failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     for r in result.results:

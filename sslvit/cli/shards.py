@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sslvit.cli.common import CliError, error_text, fail, quoted
+from sslvit.files import MANIFEST_FILE
 
 DESCRIPTION = """\
 Write WebDataset tar shards + manifest.json from an image folder, a Hugging Face dataset or a
@@ -66,7 +67,7 @@ def is_hf_folder(path: Path) -> bool:
 
 def build_parser(prog: str = "sslvit shards") -> argparse.ArgumentParser:
     """The options of ``sslvit shards SOURCE``, each shown with its default in ``--help``."""
-    from sslvit.data.fashion_mnist import VAL_SIZE
+    from sslvit.data.fashion_mnist import VAL_SIZE  # deferred: torch-free CLI start
 
     class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass
@@ -126,7 +127,7 @@ def build_index_parser(prog: str = "sslvit shards index") -> argparse.ArgumentPa
 
 def builtin_summary(dirs: dict[str, Path]) -> dict[str, Any]:
     """split -> {"dir", "total"} of a built-in corpus, printed as one JSON line."""
-    summary = {split: {"dir": str(d), "total": json.loads((d / "manifest.json").read_text())["total"]}
+    summary = {split: {"dir": str(d), "total": json.loads((d / MANIFEST_FILE).read_text())["total"]}
                for split, d in dirs.items()}
     print(json.dumps(summary))
     return summary
@@ -138,10 +139,14 @@ def make_shards(argv: Sequence[str] | None = None, prog: str = "sslvit shards") 
     Raises :class:`ShardsError` (missing ``--out``, fashion-mnist files not found) and the sources'
     errors (``SourceError``, ``FileNotFoundError``) naming the bad path, split or column.
     """
-    from sslvit.data.digits import ensure_digits_shards
-    from sslvit.data.fashion_mnist import FashionMNISTNotFound, IdxError, ensure_fashion_mnist_shards
-    from sslvit.data.shards import write_shards
-    from sslvit.data.sources import hf_dataset, image_folder
+    from sslvit.data.digits import ensure_digits_shards  # deferred: torch-free CLI start
+    from sslvit.data.fashion_mnist import (  # deferred: torch-free CLI start
+        FashionMNISTNotFound,
+        IdxError,
+        ensure_fashion_mnist_shards,
+    )
+    from sslvit.data.shards import write_shards  # deferred: torch-free CLI start
+    from sslvit.data.sources import hf_dataset, image_folder  # deferred: torch-free CLI start
 
     args = build_parser(prog).parse_args(argv)
     if args.source == "digits" and not args.hf:
@@ -208,14 +213,14 @@ def manifest_folder(spec: str, out: str | None) -> Path:
     path = Path(spec[len("file:"):] if spec.startswith("file:") else spec)
     if path.is_dir():
         return path
-    from sslvit.data.plan import resolve
+    from sslvit.data.plan import resolve  # deferred: torch-free CLI start
 
     return Path(resolve(spec).urls[0]).parent
 
 
 def index(argv: Sequence[str], prog: str = "sslvit shards index") -> int:
     """Run ``sslvit shards index``; returns the exit status."""
-    from sslvit.data.index import index_shards
+    from sslvit.data.index import index_shards  # deferred: torch-free CLI start
 
     args = build_index_parser(prog).parse_args(argv)
     try:

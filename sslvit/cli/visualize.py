@@ -52,8 +52,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "sslvit visualize") -> i
         return fail(prog, f"checkpoint not found: {checkpoint}")
     out = Path(args.out) if args.out else checkpoint.resolve().parent / "figures"
 
-    from sslvit.checkpoint import CheckpointError
-    from sslvit.viz import visualize
+    from sslvit.checkpoint import CheckpointError  # deferred: torch-free CLI start
+    from sslvit.viz import visualize  # deferred: torch-free CLI start
 
     skipped: dict[str, str] = {}
     try:

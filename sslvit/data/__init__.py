@@ -16,10 +16,9 @@ from sslvit.data.index import index_shards
 from sslvit.data.plan import ShardSet, resolve, resolve_shards
 from sslvit.data.shards import ShardWriter, SourceItem, load_manifest, write_shards
 from sslvit.data.sources import hf_dataset, image_folder
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD, normalization
 from sslvit.data.stream import StreamLoader, build_loader, default_rank_world
 from sslvit.data.transforms import (
-                                    IMAGENET_MEAN,
-                                    IMAGENET_STD,
                                     ImageTransform,
                                     eval_transform,
                                     finetune_transform,
@@ -32,6 +31,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "FashionMNISTNotFound", "IdxError", "ImageTransform",
     "SampleError", "ShardSet", "ShardWriter", "SourceItem", "StreamLoader", "build_loader", "decode_image",
     "default_rank_world", "ensure_digits_shards", "ensure_fashion_mnist_shards", "eval_transform",
-    "finetune_transform", "hf_dataset", "image_folder", "index_shards", "load_manifest", "normalize", "pretrain_transform",
+    "finetune_transform", "hf_dataset", "image_folder", "index_shards", "load_manifest", "normalization", "normalize", "pretrain_transform",
     "probe_transform", "read_idx", "resolve", "resolve_shards", "write_shards",
 ]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sslvit.data.digits import ensure_digits_shards
+from sslvit.data.fashion_mnist import ensure_fashion_mnist_shards
+
 BUILTIN_SPLITS = {"digits": ("train", "val"), "fashion-mnist": ("train", "val", "test")}
 BUILTIN_ROOTS = {"digits": Path("data/shards/digits"), "fashion-mnist": Path("data/shards/fashion_mnist")}
 
@@ -31,9 +34,5 @@ def builtin_dir(spec: str) -> Path | None:
         return None
     name, split = found
     if name == "digits":
-        from sslvit.data.digits import ensure_digits_shards
-
         return ensure_digits_shards(BUILTIN_ROOTS[name])[split]
-    from sslvit.data.fashion_mnist import ensure_fashion_mnist_shards
-
     return ensure_fashion_mnist_shards(BUILTIN_ROOTS[name])[split]

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sslvit.data.shards import MANIFEST_NAME, SourceItem, write_shards
+from sslvit.data.shards import SourceItem, write_shards
+from sslvit.files import MANIFEST_FILE
 from sslvit.progress import progress as progress_bar
+from sslvit.progress import say
 
 DIGITS_VERSION = 1
 VAL_SIZE = 360
@@ -95,10 +97,7 @@ def build_digits(out_root: str | Path, image_size: int = 32, progress: bool = Fa
 
 def announce(message: str) -> None:
     """Print ``message`` once (on the main process) as a build starts."""
-    from sslvit.progress import is_main_process
-
-    if is_main_process():
-        print(message, flush=True)
+    say(message)
 
 
 def _is_complete(root: Path, image_size: int) -> bool:
@@ -107,7 +106,7 @@ def _is_complete(root: Path, image_size: int) -> bool:
     except (OSError, ValueError):
         return False
     return (marker.get("version") == DIGITS_VERSION and marker.get("image_size") == image_size
-            and all((root / s / MANIFEST_NAME).exists() for s in ("train", "val")))
+            and all((root / s / MANIFEST_FILE).exists() for s in ("train", "val")))
 
 
 def build_once(root: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], object]) -> None:

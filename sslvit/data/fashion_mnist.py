@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from sslvit.data.digits import announce, build_once, png_items, upscale
-from sslvit.data.shards import MANIFEST_NAME, write_shards
+from sslvit.data.shards import write_shards
+from sslvit.files import MANIFEST_FILE
 from sslvit.progress import progress as progress_bar
 
 FASHION_MNIST_VERSION = 1
@@ -242,7 +243,7 @@ def _is_complete(root: Path, image_size: int, val_size: int, shard_size: int) ->
         return False
     return (marker.get("version") == FASHION_MNIST_VERSION and marker.get("image_size") == image_size
             and marker.get("val_size") == val_size and marker.get("shard_size") == shard_size
-            and all((root / s / MANIFEST_NAME).exists() for s in SPLITS))
+            and all((root / s / MANIFEST_FILE).exists() for s in SPLITS))
 
 
 def ensure_fashion_mnist_shards(root: str | Path = "data/shards/fashion_mnist", image_size: int = 32,

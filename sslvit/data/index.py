@@ -23,8 +23,9 @@ from typing import IO, Any
 
 from sslvit.data.decode import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
 from sslvit.data.plan import resolve
-from sslvit.data.shards import MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
+from sslvit.data.shards import MANIFEST_FORMAT, write_manifest
 from sslvit.data.tario import open_url, sample_members, split_name
+from sslvit.files import MANIFEST_FILE
 
 _EXAMPLES = 5
 
@@ -172,7 +173,7 @@ def index_shards(spec: str, out: str | None = None, *, label_key: str = "", key_
             raise ValueError(f"{spec}: shards lie in {len(folders)} folders ({sorted(folders)[:2]}...); pass out=")
         out = folders.pop()
     out_dir = Path(out)
-    existing = out_dir / MANIFEST_NAME
+    existing = out_dir / MANIFEST_FILE
     if existing.exists() and not overwrite:
         try:
             written_here = "indexed_from" in json.loads(existing.read_text())

@@ -39,7 +39,8 @@ from typing import Any
 import braceexpand
 
 from sslvit.data.builtin import builtin_dir
-from sslvit.data.shards import MANIFEST_NAME, load_manifest
+from sslvit.data.shards import load_manifest
+from sslvit.files import MANIFEST_FILE
 
 ShardSpec = str | os.PathLike | list | tuple
 
@@ -116,12 +117,12 @@ def split_specs(spec: str) -> list[str]:
 
 
 def _local_dir(path: Path, spec: str) -> ShardSet:
-    if (path / MANIFEST_NAME).exists():
+    if (path / MANIFEST_FILE).exists():
         return _from_manifest(str(path))
     tars = sorted(str(p) for p in path.iterdir()
                   if p.name.endswith((".tar", ".tar.gz", ".tgz")) and not p.name.startswith("."))
     if not tars:
-        raise FileNotFoundError(f"{spec}: directory holds neither {MANIFEST_NAME} nor *.tar shards")
+        raise FileNotFoundError(f"{spec}: directory holds neither {MANIFEST_FILE} nor *.tar shards")
     return ShardSet(tars, None, sources=[str(path)] * len(tars))
 
 

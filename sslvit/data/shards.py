@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from sslvit.checkpoint import sha256_file
 from sslvit.data.decode import DEFAULT_MAX_PIXELS, SampleError, _to_rgb_array, open_image
+from sslvit.files import MANIFEST_FILE, sha256_file
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sslvit-shards/1"
 _NATIVE = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -268,8 +267,8 @@ def write_shards(items: Iterable[SourceItem], out_dir: str | Path, prefix: str =
 
 def write_manifest(manifest: dict[str, Any], out_dir: str | Path) -> Path:
     """Atomically write ``manifest.json`` into ``out_dir``."""
-    path = Path(out_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
+    path = Path(out_dir) / MANIFEST_FILE
+    tmp = path.with_name(f".{MANIFEST_FILE}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, path)
     return path
@@ -284,12 +283,12 @@ def load_manifest(path_or_dir: str | Path) -> dict[str, Any]:
     if spec.startswith(("http://", "https://")):
         from webdataset.gopen import gopen
 
-        with gopen(spec if spec.endswith(".json") else spec.rstrip("/") + "/" + MANIFEST_NAME) as f:
+        with gopen(spec if spec.endswith(".json") else spec.rstrip("/") + "/" + MANIFEST_FILE) as f:
             manifest = json.loads(f.read())
         base = spec.rsplit("/", 1)[0] if spec.endswith(".json") else spec.rstrip("/")
     else:
         path = Path(spec)
-        path = path / MANIFEST_NAME if path.is_dir() else path
+        path = path / MANIFEST_FILE if path.is_dir() else path
         manifest = json.loads(path.read_text())
         base = str(path.parent)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
@@ -297,10 +296,3 @@ def load_manifest(path_or_dir: str | Path) -> dict[str, Any]:
     manifest["base"] = base
     return manifest
 
-
-def ensure_digits_shards(root: str | Path = "data/shards/digits", image_size: int = 32,
-                         progress: bool = False) -> dict[str, Path]:
-    """The built-in digits corpus (see :func:`sslvit.data.digits.ensure_digits_shards`)."""
-    from sslvit.data.digits import ensure_digits_shards as ensure
-
-    return ensure(root, image_size, progress)

@@ -24,8 +24,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
+
 Box = tuple[int, int, int, int]  # (top, left, height, width) in source pixels
 
 

@@ -14,6 +14,7 @@ Frozen features are extracted once per (checkpoint, data, options) and cached (`
 from __future__ import annotations
 
 from sslvit.evaluate.common import EvalConfig
+from sslvit.evaluate.finetune import FinetuneConfig, run_finetune
 from sslvit.evaluate.knn import KnnConfig, knn_evaluate, knn_scores, run_knn
 from sslvit.evaluate.linear_probe import ProbeConfig, fit_probe, run_linear_probe
 
@@ -30,10 +31,3 @@ __all__ = [
     "run_linear_probe",
 ]
 
-
-def __getattr__(name: str):
-    if name in ("FinetuneConfig", "run_finetune"):
-        from sslvit.evaluate import finetune
-
-        return getattr(finetune, name)
-    raise AttributeError(f"module 'sslvit.evaluate' has no attribute {name!r}")

@@ -22,6 +22,7 @@ from torch import nn
 from sslvit import config as config_lib
 from sslvit.checkpoint import hub_repo_id, load_checkpoint
 from sslvit.config import opt, source_comments
+from sslvit.models import resolve_model_name
 
 
 @dataclass
@@ -134,8 +135,6 @@ def load_encoder(cfg: EvalConfig, **overrides: Any) -> nn.Module:
     if not cfg.checkpoint:
         raise config_lib.ConfigError("checkpoint: required (--checkpoint PATH)")
     if cfg.model:
-        from sslvit.models import resolve_model_name
-
         try:
             resolve_model_name(cfg.model)
         except KeyError as err:

@@ -20,9 +20,14 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslvit.checkpoint import normalization, read_metadata, sha256_file
+from sslvit.checkpoint import checkpoint_sha256, read_metadata
+from sslvit.data.hf import resolve_spec
+from sslvit.data.stats import normalization
+from sslvit.data.stream import build_loader
+from sslvit.data.transforms import eval_transform
 from sslvit.evaluate.common import EvalConfig, encoder_image_size, load_encoder, output_dir
 from sslvit.progress import progress
+from sslvit.training.data import default_shards
 
 
 @torch.no_grad()
@@ -126,10 +131,7 @@ def resolve_split(spec: str, split: str, cfg: EvalConfig, accelerator: Accelerat
     (``fashion-mnist:test``) is its folder, built once; "hf:NAME[:SPLIT]" is converted once into
     shards under ``<out_dir>/hf_shards/``; anything else is returned as is."""
     if not spec:
-        from sslvit.data_setup import default_shards
-
         return default_shards(split, cfg.digits_image_size, accelerator)
-    from sslvit.evaluate.hf_data import resolve_spec
 
     return resolve_spec(spec, output_dir(cfg) / "hf_shards", accelerator)
 
@@ -141,7 +143,7 @@ def resolve_normalization(
     train_spec: str,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Pixel mean / std: ``mean`` / ``std`` when given, else what the checkpoint records
-    (:func:`sslvit.checkpoint.normalization`, with ``train_spec``'s manifest as the last sslvit
+    (:func:`sslvit.data.stats.normalization`, with ``train_spec``'s manifest as the last sslvit
     fallback), else ImageNet's (foreign checkpoints)."""
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
@@ -152,9 +154,6 @@ def resolve_normalization(
 def make_eval_loader(spec: str, image_size: int, batch_size: int, num_workers: int,
                      accelerator: Accelerator | None, crop_pct: float = 0.875) -> Any:
     """A finite, unshuffled, labelled loader over ``spec`` for this rank with the eval transform."""
-    from sslvit.data.stream import build_loader
-    from sslvit.data.transforms import eval_transform
-
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     return build_loader(spec, batch_size=batch_size, transform=eval_transform(image_size, crop_pct),
@@ -178,7 +177,7 @@ def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None)
     mean, std = resolve_normalization(cfg.checkpoint, cfg.mean, cfg.std, specs["train"])
     options = {"pool": cfg.pool, "last_k": cfg.last_k, "image_size": image_size, "crop_pct": cfg.crop_pct,
                "mean": list(mean), "std": list(std)}
-    checkpoint = {"path": str(Path(cfg.checkpoint).resolve()), "sha256": sha256_file(cfg.checkpoint),
+    checkpoint = {"path": str(Path(cfg.checkpoint).resolve()), "sha256": checkpoint_sha256(cfg.checkpoint),
                   "model": encoder.get_config()}
     out: dict[str, Any] = {"is_main": accelerator.is_main_process,
                            "describe": {"checkpoint": checkpoint, "data": {}, "features": options}}

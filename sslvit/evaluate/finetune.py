@@ -1,6 +1,6 @@
 """Full fine-tuning of a pretrained encoder with a fresh classification head, validated every epoch.
 
-Built on :func:`sslvit.train.train` with the supervised objective (label smoothing, MixUp, CutMix),
+Built on :func:`sslvit.training.train` with the supervised objective (label smoothing, MixUp, CutMix),
 the fine-tune training transform (RandomResizedCrop + flip + RandAugment + random erasing,
 ``finetune.rand_augment`` / ``finetune.reprob``; validation uses resize + centre crop) and
 layer-wise learning-rate decay (``optim.layer_decay``; the encoder's own ``layer_id``: embeddings
@@ -27,18 +27,31 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 
-from sslvit.checkpoint import load_checkpoint, sha256_file
+from sslvit.checkpoint import checkpoint_sha256, load_checkpoint
 from sslvit.config import (
     ConfigError,
     DataConfig,
     ModelConfig,
     ObjectiveConfig,
     OptimConfig,
-    RunConfig,
     TrainConfig,
 )
+from sslvit.data.hf import resolve_spec
+from sslvit.data.stream import load_manifest
 from sslvit.evaluate.common import encoder_image_size, opt, write_metrics
+from sslvit.evaluate.features import make_eval_loader, resolve_normalization
+from sslvit.evaluate.online import online_hooks
 from sslvit.objectives import objective_class, objective_config
+from sslvit.training import EpochContext, train
+from sslvit.training.config import RunConfig
+from sslvit.training.data import (
+    check_label_range,
+    default_shards,
+    hf_cache_dir,
+    read_manifest,
+    stage_transform,
+)
+from sslvit.training.launch import resolve_grad_accum
 
 
 @dataclass
@@ -61,7 +74,7 @@ class FinetuneConfig(RunConfig):
     0.1, label smoothing 0.1; MixUp / CutMix, RandAugment and random erasing off, as they slow such
     short runs down); the ImageNet recipe, with all of them on, is
     sslvit/configs/finetune_mae_vit_base.yaml. Its training loader uses the fine-tune transform
-    (``stage = "finetune"``, see :mod:`sslvit.data_setup`)."""
+    (``stage = "finetune"``, see :mod:`sslvit.training.data`)."""
 
     stage: ClassVar[str] = "finetune"
 
@@ -115,8 +128,6 @@ def evaluate_classifier(
 
 def num_classes_of(spec: str) -> int:
     """Number of classes recorded in the manifest of the shards ``spec`` (0 when unknown)."""
-    from sslvit.data.stream import load_manifest
-
     try:
         manifest = load_manifest(spec) or {}
     except (FileNotFoundError, ValueError, OSError):
@@ -134,16 +145,6 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     the encoder (its new head initialised from ``train.seed``) and a description of the inputs
     (checkpoint path + sha256, data specs).
     """
-    from sslvit.data_setup import (
-        check_label_range,
-        default_shards,
-        hf_cache_dir,
-        read_manifest,
-        stage_transform,
-    )
-    from sslvit.evaluate.features import resolve_normalization
-    from sslvit.evaluate.hf_data import resolve_spec
-
     if not cfg.finetune.checkpoint:
         raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
     if not objective_class(cfg.objective.name).needs_labels:
@@ -182,7 +183,7 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
         objective=replace(cfg.objective, num_classes=classes),
     )
     describe = {"checkpoint": {"path": str(Path(cfg.finetune.checkpoint).resolve()),
-                               "sha256": sha256_file(cfg.finetune.checkpoint)},
+                               "sha256": checkpoint_sha256(cfg.finetune.checkpoint)},
                 "data": {k: str(Path(v).resolve()) if Path(v).exists() else v
                          for k, v in (("train", train_spec), ("val", val_spec))},
                 "num_classes": classes}
@@ -195,10 +196,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     Returns the metrics dict (``val_top1`` / ``val_top5`` of the final model, ``best_val_top1``,
     ``history``, ``model_path``, ``metrics_path`` on the main process).
     """
-    from sslvit.evaluate.features import make_eval_loader
-    from sslvit.runtime import resolve_grad_accum
-    from sslvit.train import EpochContext, train
-
     start = time.time()
     cfg, encoder, describe = prepare_finetune(cfg)
     mean, std = cfg.data.mean, cfg.data.std
@@ -215,7 +212,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         ctx.accelerator.print(f"epoch {ctx.epoch} step {ctx.step}: val top-1 {result['top1']:.2f}%")
         return {"val_top1": result["top1"], "val_top5": result["top5"]}
 
-    result = train(cfg, encoder=encoder, on_epoch_end=validate, desc="finetune")
+    result = train(cfg, encoder=encoder, on_epoch_end=validate, desc="finetune", hooks=online_hooks(cfg))
     state = PartialState()
     if not history or history[-1]["step"] != result.steps:
         accelerator = loaders.get("accelerator") or Accelerator()
@@ -246,7 +243,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "seconds": round(time.time() - start, 2),
     }
     if state.is_main_process:
-        metrics["model_sha256"] = sha256_file(result.model_path)
+        metrics["model_sha256"] = checkpoint_sha256(result.model_path)
         metrics["metrics_path"] = str(write_metrics(result.run_dir / "finetune.json", metrics))
     return metrics
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
+from sslvit.evaluate.features import features_for_config
 from sslvit.progress import progress
 
 
@@ -83,8 +84,6 @@ def run_knn(cfg: KnnConfig) -> dict[str, Any]:
 
     Returns the metrics dict (on every process; only the main process writes the file).
     """
-    from sslvit.evaluate.features import features_for_config
-
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one

@@ -20,6 +20,7 @@ from accelerate import PartialState
 from torch import nn
 
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
+from sslvit.evaluate.features import features_for_config
 from sslvit.progress import progress
 
 
@@ -172,8 +173,6 @@ def run_linear_probe(cfg: ProbeConfig) -> dict[str, Any]:
 
     Writes ``<out_dir>/linear_probe.json`` from the main process and returns the metrics dict.
     """
-    from sslvit.evaluate.features import features_for_config
-
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one

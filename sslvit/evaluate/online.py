@@ -12,6 +12,9 @@ An evaluation leaves the training untouched: it runs with the encoder in eval mo
 to the mode it was in, under a forked torch RNG (CPU and the accelerator's device) with Python's
 and NumPy's RNG states restored, so a run with online evaluation gives bitwise the same weights as
 one without.
+
+:class:`OnlineEvalHook` is how it reaches the training loop: a step hook the caller passes to
+:func:`sslvit.training.train` (``sslvit pretrain`` and ``sslvit finetune`` do, via :func:`online_hooks`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sslvit.config import RunConfig
 from sslvit.evaluate.features import extract_features, make_eval_loader
 from sslvit.evaluate.knn import knn_evaluate
 from sslvit.evaluate.linear_probe import ProbeConfig, evaluate_probe, fit_probe, holdout_split
+from sslvit.training.config import RunConfig
+from sslvit.training.data import default_shards
 
 SPLIT_SEED = 0
 
@@ -56,8 +60,6 @@ class OnlineEval:
         ``cfg.data.val_shards`` or the built-in digits val split, normalised with the training ``mean``/``std``."""
         if cfg.train.eval_every <= 0:
             return None
-        from sslvit.data_setup import default_shards
-
         spec = cfg.data.val_shards or default_shards("val", cfg.data.digits_image_size, accelerator)
         return cls(spec, cfg.train.eval_every, cfg.data.image_size, cfg.data.batch_size, tuple(mean), tuple(std),
                    accelerator, probe=cfg.train.eval_probe)
@@ -105,3 +107,26 @@ def describe(online: OnlineEval | None) -> str:
     what = "kNN + probe" if online.probe else "kNN"
     return f"online {what} every {online.every} steps on {online.spec}"
 
+
+
+class OnlineEvalHook:
+    """The step hook that runs ``cfg``'s online evaluation: built when the accelerator exists
+    (:meth:`start`), called after every optimizer step, evaluating on the due ones."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.online: OnlineEval | None = None
+
+    def start(self, accelerator: Accelerator, mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+        self.online = OnlineEval.from_config(self.cfg, accelerator, mean, std)
+        return describe(self.online)
+
+    def __call__(self, step: int, total_steps: int, encoder: nn.Module) -> dict[str, float] | None:
+        if self.online is None or not self.online.due(step, total_steps):
+            return None
+        return self.online(encoder)
+
+
+def online_hooks(cfg: RunConfig) -> list[OnlineEvalHook]:
+    """The step hooks ``cfg`` asks for: one online evaluation when ``train.eval_every`` > 0, else none."""
+    return [OnlineEvalHook(cfg)] if cfg.train.eval_every > 0 else []

@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
+from sslvit.files import MANIFEST_FILE
 from sslvit.hub.metrics import EvalResult
+from sslvit.objectives import objective_class
 
 CAPTIONS = {  # in the order the card shows them
     "patch_embed_pcs": "Principal components of the patch-embedding filters (ViT paper, figure 7 left).",
@@ -49,7 +51,6 @@ def front_matter(
 
 
 def _objective_needs_labels(name: str) -> bool:
-    from sslvit.objectives import objective_class
 
     try:
         return objective_class(name).needs_labels
@@ -76,7 +77,7 @@ def _train_dataset(data: dict[str, Any]) -> str:
         return spec[3:].split(":")[0]
     path = Path(spec.split(",")[0])
     return (
-        path.parent.name if path.name in ("train", "manifest.json") or path.suffix == ".tar" else path.name
+        path.parent.name if path.name in ("train", MANIFEST_FILE) or path.suffix == ".tar" else path.name
     ) or spec
 
 
@@ -206,7 +207,6 @@ def _recipe(config: dict[str, Any]) -> str:
 
 
 def _objective_card(obj: dict[str, Any]) -> str:
-    from sslvit.objectives import objective_class
 
     try:
         return objective_class(obj.get("name", "")).card(obj)

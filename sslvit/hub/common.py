@@ -1,15 +1,8 @@
-"""What the Hub modules share: the error type, file names, repo-id checks and file hashing."""
+"""What the Hub modules share: the error type and repo-id checks."""
 
 from __future__ import annotations
 
-from sslvit.checkpoint import sha256_file
-
-__all__ = ["CARD_NAME", "CONFIG_NAME", "FIGURES_DIR", "WEIGHTS_NAME", "PublishError", "check_repo_id", "sha256_file"]
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
-FIGURES_DIR = "figures"
+__all__ = ["PublishError", "check_repo_id"]
 
 
 class PublishError(ValueError):

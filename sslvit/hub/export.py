@@ -22,16 +22,19 @@ from typing import Any
 
 import torch
 
+from sslvit import __version__
 from sslvit.checkpoint import (
     CheckpointError,
     decode_metadata,
     infer_model_config,
     load_strict,
-    normalization,
     read_state_dict,
     strip_prefixes,
 )
+from sslvit.data.stats import normalization
+from sslvit.data.transforms import eval_transform
 from sslvit.hub.common import PublishError
+from sslvit.models import build_model
 
 
 @dataclass
@@ -53,8 +56,6 @@ def read_encoder(path: str | Path) -> ReadEncoder:
     the family's timm names (timm would take ``mask_token`` for DINOv2 and a top-level ``encoder`` for
     I-JEPA).
     """
-    from sslvit.models import build_model
-
     path = Path(path)
     try:
         state, raw = read_state_dict(path)
@@ -87,8 +88,6 @@ def read_encoder(path: str | Path) -> ReadEncoder:
 
 def hub_config(encoder: ReadEncoder, license: str = "apache-2.0") -> dict[str, Any]:
     """The ``config.json`` dict: timm's Hub layout plus the ``sslvit`` section."""
-    from sslvit import __version__
-
     model, meta = encoder.model, encoder.metadata
     cfg, run = model.get_config(), meta.get("config") or {}
     mean, std, stats_source = normalization(meta)
@@ -137,26 +136,4 @@ def eval_crop_pct() -> float:
     """Fraction of the resized image sslvit's evaluation transform keeps (its default ``crop_pct``)."""
     import inspect
 
-    from sslvit.data.transforms import eval_transform
-
     return float(inspect.signature(eval_transform).parameters["crop_pct"].default)
-
-
-def model_config_from_hub(config: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """sslvit constructor arguments for a Hub ``config.json``: its ``sslvit`` section, else the
-    registered variant the weights match, with timm's ``model_args`` that sslvit shares on top."""
-    if isinstance(config.get("sslvit"), dict) and "model" in config["sslvit"]:
-        return dict(config["sslvit"]["model"])
-    cfg = infer_model_config(state)
-    args = config.get("model_args") or {}
-    for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                "qkv_bias", "class_token", "global_pool"):
-        if key in args and key in cfg:
-            cfg[key] = args[key]
-    if args.get("init_values") and "layer_scale_init" in cfg:
-        cfg["layer_scale_init"] = args["init_values"]
-    if "num_classes" in config:
-        cfg["num_classes"] = int(config["num_classes"])
-    if config.get("global_pool") in ("token", "avg") and "global_pool" in cfg:
-        cfg["global_pool"] = config["global_pool"]
-    return cfg

@@ -7,54 +7,15 @@ Hub files come through ``huggingface_hub.hf_hub_download``, so they land in (and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file
 from torch import nn
 
-from sslvit.checkpoint import load_strict
-from sslvit.hub.common import CONFIG_NAME, WEIGHTS_NAME, PublishError, check_repo_id
-from sslvit.hub.export import model_config_from_hub
-
-
-def download_files(
-    repo_id: str,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    endpoint: str | None = None,
-    local_files_only: bool = False,
-) -> tuple[Path, Path]:
-    """(``config.json``, ``model.safetensors``) of Hub repo ``repo_id``, downloaded into the cache.
-
-    ``endpoint`` and ``cache_dir`` default to ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` as set when this
-    is called; the token, when None, is huggingface_hub's (``HF_TOKEN`` or the saved login).
-    """
-    from huggingface_hub import hf_hub_download
-
-    from sslvit import __version__
-
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
-
-    paths = [
-        Path(
-            hf_hub_download(
-                repo_id,
-                name,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                endpoint=endpoint,
-                local_files_only=local_files_only,
-                library_name="sslvit",
-                library_version=__version__,
-            )
-        )
-        for name in (CONFIG_NAME, WEIGHTS_NAME)
-    ]
-    return paths[0], paths[1]
+from sslvit.checkpoint import download_files, load_strict, model_config_from_hub
+from sslvit.files import CONFIG_FILE, WEIGHTS_FILE
+from sslvit.hub.common import PublishError, check_repo_id
+from sslvit.models import build_model
 
 
 def from_pretrained(
@@ -73,11 +34,9 @@ def from_pretrained(
     exactly (missing or unexpected keys raise ``CheckpointError`` naming them). ``revision``,
     ``cache_dir``, ``token``, ``endpoint`` and ``local_files_only`` go to ``hf_hub_download``.
     """
-    from sslvit.models import build_model
-
     folder = Path(name_or_path)
     if folder.is_dir():
-        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise PublishError(f"{folder} is not a published sslvit folder: {path.name} is missing")

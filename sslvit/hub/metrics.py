@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslvit.hub.common import PublishError, sha256_file
+from sslvit.checkpoint import checkpoint_sha256 as weights_sha256
+from sslvit.files import MANIFEST_FILE
+from sslvit.hub.common import PublishError
 
 TASKS = {
     "linear_probe": "Linear probe (frozen features)",
@@ -51,7 +53,7 @@ def _dataset(record: dict[str, Any]) -> tuple[str, str]:
         parts = spec[3:].split(":")
         return parts[0], parts[1] if len(parts) > 1 else split
     path = Path(spec.split(",")[0])
-    if path.name == "manifest.json" or "{" in path.name or path.suffix == ".tar":
+    if path.name == MANIFEST_FILE or "{" in path.name or path.suffix == ".tar":
         path = path.parent
     if path.name in SPLITS:
         return path.parent.name or path.name, path.name
@@ -93,7 +95,7 @@ def read_metrics(
     ref_path, ref_sha = _checkpoint_ref(record)
     checkpoint = Path(checkpoint)
     if ref_sha is not None:
-        actual = checkpoint_sha256 or sha256_file(checkpoint)
+        actual = checkpoint_sha256 or weights_sha256(checkpoint)
         if ref_sha != actual:
             raise PublishError(
                 f"metrics file {path} measured a different checkpoint: its sha256 is "

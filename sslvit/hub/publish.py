@@ -15,16 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sslvit.checkpoint import checkpoint_sha256, save_model
+from sslvit.files import CARD_FILE, CONFIG_FILE, FIGURES_DIR, WEIGHTS_FILE
 from sslvit.hub.card import model_card
-from sslvit.hub.common import (
-    CARD_NAME,
-    CONFIG_NAME,
-    FIGURES_DIR,
-    WEIGHTS_NAME,
-    PublishError,
-    check_repo_id,
-    sha256_file,
-)
+from sslvit.hub.common import PublishError, check_repo_id
 from sslvit.hub.export import ReadEncoder, hub_config, read_encoder
 from sslvit.hub.metrics import EvalResult, read_metrics
 
@@ -72,17 +66,15 @@ def build_folder(
 
     Returns the written paths relative to ``out_dir``.
     """
-    from sslvit.checkpoint import save_model
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = encoder.metadata
     extra = {k: meta[k] for k in ("objective", "config") if meta.get(k) is not None}
-    save_model(encoder.state, out / WEIGHTS_NAME, encoder.model.get_config(), kind="encoder", extra=extra)
+    save_model(encoder.state, out / WEIGHTS_FILE, encoder.model.get_config(), kind="encoder", extra=extra)
     config = hub_config(encoder, license=license)
-    config["sslvit"]["source_checkpoint"]["sha256"] = sha256_file(encoder.path)
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    written = [WEIGHTS_NAME, CONFIG_NAME]
+    config["sslvit"]["source_checkpoint"]["sha256"] = checkpoint_sha256(encoder.path)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    written = [WEIGHTS_FILE, CONFIG_FILE]
     fig_names = []
     for png in figures:
         (out / FIGURES_DIR).mkdir(exist_ok=True)
@@ -93,8 +85,8 @@ def build_folder(
         fig_names.append(f"{FIGURES_DIR}/{png.name}")
     num_params = sum(p.numel() for p in encoder.model.parameters())
     card = model_card(repo_id, config, list(results), fig_names, license=license, num_params=num_params)
-    (out / CARD_NAME).write_text(card)
-    return sorted(written + [CARD_NAME])
+    (out / CARD_FILE).write_text(card)
+    return sorted(written + [CARD_FILE])
 
 
 def assert_no_secret(folder: Path, files: Sequence[str], token: str) -> None:
@@ -153,7 +145,7 @@ def publish(
     if not checkpoint.is_file():
         raise PublishError(f"checkpoint not found: {checkpoint}")
     encoder = read_encoder(checkpoint)
-    digest = sha256_file(checkpoint)
+    digest = checkpoint_sha256(checkpoint)
     results = [read_metrics(m, checkpoint, digest) for m in metrics]
     pngs = find_figures(checkpoint, figures)
     if dry_run is not None:

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sslvit.models.registry import family_variants
+
 CAPABILITIES: dict[str, str] = {
     "token_drop": "hidden patches can be dropped before the blocks (MAE)",
     "mask_token": "hidden patch tokens can be replaced by a learned mask token (SimMIM)",
@@ -218,14 +220,11 @@ class Encoder(nn.Module):
         """Constructor arguments of the registered variant of this family whose tensors have the same
         names and shapes as ``state`` (the head's class count read from it); ``ValueError`` when
         none matches."""
-        from sslvit.models import MODELS
-
         head = [v for k, v in state.items() if k.startswith("head") and k.endswith("weight") and v.ndim == 2]
         classes = int(head[-1].shape[0]) if head else 0
         body = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("head")}
-        for _name, make in sorted(MODELS.items()):
-            if make.family != cls.family:  # type: ignore[attr-defined]
-                continue
+        variants = family_variants(cls.family)  # type: ignore[attr-defined]
+        for _name, make in sorted(variants.items()):
             with torch.device("meta"):
                 candidate = make(num_classes=classes)
             own = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if not k.startswith("head")}
@@ -233,7 +232,7 @@ class Encoder(nn.Module):
                 return candidate.get_config()
         raise ValueError(
             f"this {cls.family} state dict matches no registered variant "
-            f"({', '.join(n for n, m in sorted(MODELS.items()) if m.family == cls.family)}): "  # type: ignore[attr-defined]
+            f"({', '.join(sorted(variants))}): "
             "pass the variant name (--model NAME) and the options that differ"
         )
 

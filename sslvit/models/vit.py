@@ -26,8 +26,9 @@ from torch import nn
 
 from sslvit.models.encoder import Encoder, block_layer_id, keep_visible, replace_masked, visible_indices
 from sslvit.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, _pair, block_flops
-from sslvit.models.pos_embed import resample_axis, resample_pos_embed, sincos_2d
+from sslvit.models.pos_embed import resample_axis, resample_pos_embed, resample_state_pos_embed, sincos_2d
 from sslvit.models.registry import variant
+from sslvit.models.vit_timm import infer_config, timm_spec
 
 __all__ = [
     "Attention",
@@ -438,8 +439,6 @@ class VisionTransformer(Encoder):
     # timm and foreign checkpoints -------------------------------------------------------------
     def timm_spec(self) -> dict[str, Any] | str:
         """timm's ``VisionTransformer``: see :func:`sslvit.models.vit_timm.timm_spec`."""
-        from sslvit.models.vit_timm import timm_spec
-
         return timm_spec({**self._config, "fc_norm": not isinstance(self.fc_norm, nn.Identity),
                           "distilled": self.distilled}, self.img_size)
 
@@ -450,8 +449,6 @@ class VisionTransformer(Encoder):
     @classmethod
     def infer_config(cls, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Constructor arguments of a plain ViT state dict: see :func:`sslvit.models.vit_timm.infer_config`."""
-        from sslvit.models.vit_timm import infer_config
-
         return infer_config(state, MODELS)
 
     @classmethod
@@ -467,8 +464,6 @@ class VisionTransformer(Encoder):
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Position tables of another grid resampled to this model's grid (prefix positions kept)."""
-        from sslvit.models.pos_embed import resample_state_pos_embed
-
         own = self.state_dict()
         tables = [k for k in ("pos_embed", "pos_embed_row", "pos_embed_col") if k in state and k in own]
         if any(state[k].shape != own[k].shape and state[k].shape[-1] == own[k].shape[-1] for k in tables):

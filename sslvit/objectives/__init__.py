@@ -5,7 +5,7 @@ The registry (:mod:`sslvit.objectives.registry`) finds every objective module in
 
 from __future__ import annotations
 
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Objective
+from sslvit.objectives.base import Objective
 from sslvit.objectives.registry import (
     build_objective,
     check_pair,
@@ -24,8 +24,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "OBJECTIVES",
     "Objective",
     "build_objective",

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from sslvit.config import ConfigError, DataConfig, ObjectiveConfig
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data.transforms import pretrain_transform
 from sslvit.models.encoder import Encoder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 Metrics = dict[str, Any]
 
 
@@ -76,23 +76,15 @@ class Objective(nn.Module):
     @classmethod
     def check_encoder(cls, encoder: Encoder | type[Encoder]) -> None:
         """Raise :class:`~sslvit.config.ConfigError` when the encoder's family cannot run this
-        objective, naming the reason and the objective x backbone pairs that work."""
+        objective, naming the reason (``sslvit.objectives.check_pair`` adds the pairs that work)."""
         encoder_cls = encoder if isinstance(encoder, type) else type(encoder)
         reason = cls.unsupported_reason(encoder_cls)
-        if reason is None:
-            return
-        from sslvit.objectives.registry import supported_pairs
-
-        raise ConfigError(
-            f"objective {cls.name!r} cannot train a {encoder_cls.family!r} backbone: {reason}. "
-            f"Pairs that work: {supported_pairs()}"
-        )
+        if reason is not None:
+            raise ConfigError(f"objective {cls.name!r} cannot train a {encoder_cls.family!r} backbone: {reason}.")
 
     @classmethod
     def train_transform(cls, data: DataConfig) -> Any:
         """The loader's image transform for training with this objective."""
-        from sslvit.data import pretrain_transform
-
         return pretrain_transform(data.image_size, scale=tuple(data.crop_scale), hflip=data.hflip)
 
     @classmethod

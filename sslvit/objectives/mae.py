@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from sslvit.config import ConfigError, ObjectiveConfig, join_key, opt
-from sslvit.masking import RandomMasker
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.models.encoder import Encoder, visible_indices
 from sslvit.models.layers import Block, block_flops
 from sslvit.models.pos_embed import sincos_2d
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+from sslvit.objectives.base import Metrics, Objective
+from sslvit.objectives.masking import RandomMasker
 
 
 @dataclass

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslvit.config import ConfigError, ObjectiveConfig, join_key, opt
-from sslvit.masking import MPPCorruption
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.models.encoder import Encoder
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+from sslvit.objectives.base import Metrics, Objective
+from sslvit.objectives.masking import MPPCorruption
 
 TARGETS = ("color3bit", "color3bit_4x4", "l2_patch")
 NUM_COLORS = 512

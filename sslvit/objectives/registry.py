@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Objective
+from sslvit.config import ConfigError, from_dict
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.models import FAMILIES
+from sslvit.objectives.base import Objective
+
+NOT_OBJECTIVES = ("base", "registry", "masking")
 
 
 @cache
 def objectives() -> dict[str, type[Objective]]:
     """name -> objective class, for every objective module in this package."""
-    import sslvit.objectives as package
-
     found: dict[str, type[Objective]] = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name in ("base", "registry"):
+    package_path = sys.modules[__package__].__path__  # this package's folders (more may be added)
+    for info in sorted(pkgutil.iter_modules(package_path), key=lambda i: i.name):
+        if info.name in NOT_OBJECTIVES:
             continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        module = importlib.import_module(f"{__package__}.{info.name}")
         for value in vars(module).values():
             if (
                 isinstance(value, type)
@@ -54,8 +59,6 @@ def config_class(name: str) -> type:
 
 def supported_pairs() -> str:
     """Every objective with the backbone families it can train, e.g. ``mae: vit, hybrid; ...``."""
-    from sslvit.models import FAMILIES
-
     parts = []
     for name, cls in sorted(objectives().items()):
         families = [f for f, enc in FAMILIES.items() if cls.unsupported_reason(enc) is None]
@@ -64,10 +67,12 @@ def supported_pairs() -> str:
 
 
 def check_pair(objective: str, family: str) -> None:
-    """Refuse (``ConfigError``, naming the pairs that work) an objective the family cannot run."""
-    from sslvit.models import FAMILIES
-
-    objective_class(objective).check_encoder(FAMILIES[family])
+    """Refuse (``ConfigError``, naming the reason and the pairs that work) an objective the family
+    cannot run."""
+    try:
+        objective_class(objective).check_encoder(FAMILIES[family])
+    except ConfigError as err:
+        raise ConfigError(f"{err} Pairs that work: {supported_pairs()}") from None
 
 
 def build_objective(
@@ -84,11 +89,11 @@ def build_objective(
         raise ValueError(err.args[0]) from None
     if not isinstance(cfg, cls.Config):
         raise TypeError(f"objective {cfg.name!r} takes a {cls.Config.__name__}, got {type(cfg).__name__}")
+    if getattr(encoder, "family", None) in FAMILIES:
+        check_pair(cfg.name, encoder.family)
     return cls(encoder, cfg, mean, std)
 
 
 def objective_config(name: str, **values: Any) -> Any:
     """The config section of objective ``name`` with ``values`` set (checked like a config file)."""
-    from sslvit.config import from_dict
-
     return from_dict({"name": name, **values}, cls=config_class(name))

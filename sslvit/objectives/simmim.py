@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from sslvit.config import ObjectiveConfig, opt
-from sslvit.masking import BlockMasker
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.models.encoder import Encoder
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+from sslvit.objectives.base import Metrics, Objective
+from sslvit.objectives.masking import BlockMasker
 
 
 @dataclass

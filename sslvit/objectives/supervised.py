@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from sslvit.config import ObjectiveConfig, opt
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.models.encoder import Encoder
-from sslvit.objectives.base import IMAGENET_MEAN, IMAGENET_STD, Metrics, Objective
+from sslvit.objectives.base import Metrics, Objective
 
 
 @dataclass

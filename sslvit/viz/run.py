@@ -7,16 +7,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sslvit.checkpoint import load_checkpoint, load_strict, read_metadata, read_state_dict
+from sslvit.config import from_dict
+from sslvit.data import build_loader, ensure_digits_shards, eval_transform
+from sslvit.data.stats import normalization
+from sslvit.data.transforms import normalize
+from sslvit.files import OBJECTIVE_FILE
+from sslvit.models import build_model
+from sslvit.objectives import build_objective, config_class
 from sslvit.viz import analysis, plots
 
 
 def load_objective(path: str | Path, mean: list[float], std: list[float]) -> nn.Module:
     """Rebuild a full objective (encoder + decoder) from an ``objective.safetensors``, strictly."""
-    from sslvit.checkpoint import load_strict, read_metadata, read_state_dict
-    from sslvit.config import from_dict
-    from sslvit.models import build_model
-    from sslvit.objectives import build_objective, config_class
-
     meta = read_metadata(path)
     if meta.get("kind") != "objective" or not isinstance(meta.get("objective"), dict):
         raise ValueError(
@@ -33,8 +36,6 @@ def load_images(
     data: str | None, image_size: int, count: int, digits_image_size: int | None = None, seed: int = 0
 ) -> torch.Tensor:
     """``count`` images of the shards ``data`` (default: the digits val split) -> uint8 (N, 3, S, S)."""
-    from sslvit.data import build_loader, ensure_digits_shards, eval_transform
-
     if not data:
         data = str(ensure_digits_shards(image_size=digits_image_size or image_size)["val"])
     loader = build_loader(
@@ -99,9 +100,6 @@ def visualize(
     without full attention, a position table it does not have) is left out and its one-line reason
     put in ``skipped`` (figure name -> reason) when given.
     """
-    from sslvit.checkpoint import load_checkpoint, normalization, read_metadata
-    from sslvit.data.transforms import normalize
-
     skipped = {} if skipped is None else skipped
     checkpoint, out = Path(checkpoint), Path(out_dir)
     meta = read_metadata(checkpoint)
@@ -133,8 +131,8 @@ def visualize(
         skipped["patch_embed_pcs"] = f"{model.describe()} has no first convolution to show"
     if objective is None and meta.get("kind") == "objective":
         objective = checkpoint
-    if objective is None and (checkpoint.parent / "objective.safetensors").is_file():
-        objective = checkpoint.parent / "objective.safetensors"
+    if objective is None and (checkpoint.parent / OBJECTIVE_FILE).is_file():
+        objective = checkpoint.parent / OBJECTIVE_FILE
     if objective is not None:
         obj = load_objective(objective, mean, std)
         if hasattr(obj, "reconstruct") and obj.masker is not None:

@@ -323,15 +323,15 @@ def test_builtin_specs_build_once_where_sslvit_shards_would(corpus, tmp_path, mo
     import functools
 
     from sslvit.data.builtin import builtin_name
+    from sslvit.data.hf import resolve_spec
     from sslvit.data.plan import resolve
-    from sslvit.evaluate.hf_data import resolve_spec
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(fm.FashionMNISTNotFound, match="apt-get install dataset-fashion-mnist"):
         resolve("fashion-mnist:train")
     assert not (tmp_path / "data").exists()  # nothing half-built
     monkeypatch.setenv(fm.ENV_VAR, str(corpus.root))
-    monkeypatch.setattr(fm, "ensure_fashion_mnist_shards",
+    monkeypatch.setattr("sslvit.data.builtin.ensure_fashion_mnist_shards",
                         functools.partial(fm.ensure_fashion_mnist_shards, val_size=VAL, shard_size=16))
     shards = resolve("fashion_mnist:test")
     assert sum(shards.counts) == N_TEST and all("data/shards/fashion_mnist/test/" in u for u in shards.urls)

@@ -15,10 +15,10 @@ datasets = pytest.importorskip("datasets")
 
 from PIL import Image  # noqa: E402
 
-from sslvit import config as config_lib  # noqa: E402
+from sslvit.data.hf import hf_to_shards, parse_hf_spec  # noqa: E402
 from sslvit.data.shards import load_manifest  # noqa: E402
 from sslvit.data.sources import SourceError, hf_dataset  # noqa: E402
-from sslvit.evaluate.hf_data import hf_to_shards, parse_hf_spec  # noqa: E402
+from sslvit.training import config as config_lib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,8 +47,8 @@ def one_thread():
 
 
 def test_pretraining_reads_an_hf_spec(saved, tmp_path, capsys, one_thread):
-    from sslvit.data_setup import resolve_train_data
-    from sslvit.train import train
+    from sslvit.training import train
+    from sslvit.training.data import resolve_train_data
 
     out = tmp_path / "runs"
     cfg = config_lib.load(None, [f"data.train_shards=hf:{saved}:train", "data.image_size=16", "data.batch_size=4",

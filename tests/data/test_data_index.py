@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from data_helpers import encode, rgb_image, write_wds_shards
 
-from sslvit.checkpoint import sha256_file
 from sslvit.data import build_loader, resolve
 from sslvit.data.index import index_shards
+from sslvit.files import sha256_file
 
 
 def _json_sample(i: int) -> dict:

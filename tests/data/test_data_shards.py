@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from data_helpers import REPO, make_items
 
-from sslvit.checkpoint import sha256_file
 from sslvit.data.shards import ShardWriter, load_manifest, write_shards
 from sslvit.data.tario import iter_shard
+from sslvit.files import sha256_file
 
 
 def read_all(directory: Path) -> dict[str, dict[str, bytes]]:

@@ -7,7 +7,7 @@ from torch import nn
 
 from sslvit.evaluate.common import load_config
 from sslvit.evaluate.finetune import FinetuneConfig, evaluate_classifier, prepare_finetune
-from sslvit.optim import param_groups, set_lr
+from sslvit.training.optim import param_groups, set_lr
 
 PEAK, DECAY = 1e-3, 0.5
 
@@ -30,7 +30,7 @@ def _layer(name: str, depth: int) -> int:
 
 
 def test_one_step_moves_every_layer_by_its_decayed_lr(pico_checkpoint, digits, tmp_path):
-    from sslvit.train import train
+    from sslvit.training import train
 
     cfg, encoder, describe = prepare_finetune(_config(pico_checkpoint, digits, tmp_path))
     depth = len(encoder.blocks)
@@ -59,7 +59,7 @@ def test_one_step_moves_every_layer_by_its_decayed_lr(pico_checkpoint, digits, t
 def test_a_run_repeats_exactly_and_its_head_follows_the_seed(pico_checkpoint, digits, tmp_path):
     from safetensors.torch import load_file
 
-    from sslvit.train import train
+    from sslvit.training import train
 
     weights, heads = [], []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -115,7 +115,7 @@ def test_every_backbone_fine_tunes_with_its_own_layer_ids(digits, tmp_path):
     and every parameter moves, by at most that lr (Adam's first step is lr * g / (|g| + eps))."""
     from sslvit.checkpoint import save_model
     from sslvit.models import create_model, list_models
-    from sslvit.train import train
+    from sslvit.training import train
 
     for name in ("swin_pico_patch2_window4_32", "poolformer_pico_32", "tnt_pico_patch4_32", "vit_pico_r_s4_32"):
         assert name in list_models()

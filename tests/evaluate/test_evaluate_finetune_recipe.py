@@ -11,13 +11,13 @@ import torch
 from accelerate import PartialState
 from PIL import Image
 
-from sslvit import config as config_lib
 from sslvit.config import ConfigError
 from sslvit.data.shards import SourceItem, write_shards
 from sslvit.data.transforms import ImageTransform, RandAugment, RandomErasing
-from sslvit.data_setup import resolve_train_data
 from sslvit.evaluate.common import load_config
 from sslvit.evaluate.finetune import FinetuneConfig, prepare_finetune
+from sslvit.training import config as config_lib
+from sslvit.training.data import resolve_train_data
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAY = 200
@@ -56,7 +56,6 @@ def _epoch_images(loader) -> torch.Tensor:
 
 
 def test_each_stage_uses_its_own_transform(pico_checkpoint, digits, tmp_path, monkeypatch):
-    import sslvit.data.stream as stream
     from sslvit.evaluate.features import features_for_config, make_eval_loader
     from sslvit.evaluate.linear_probe import ProbeConfig
 
@@ -103,7 +102,7 @@ def test_each_stage_uses_its_own_transform(pico_checkpoint, digits, tmp_path, mo
         seen.append(kwargs["transform"])
         raise Stop
 
-    monkeypatch.setattr(stream, "build_loader", capture)
+    monkeypatch.setattr("sslvit.evaluate.features.build_loader", capture)
     with pytest.raises(Stop):
         features_for_config(ProbeConfig(checkpoint=str(pico_checkpoint), train=digits["train"], val=digits["val"],
                                         out_dir=str(tmp_path / "eval"), num_workers=0, cache=False))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sslvit.checkpoint import sha256_file
+from sslvit.checkpoint import checkpoint_sha256 as sha256_file
 from sslvit.evaluate import features as features_lib
 from sslvit.evaluate.common import load_config, parse_cli
 from sslvit.evaluate.finetune import FINETUNE_HELP, FinetuneConfig
@@ -42,8 +42,8 @@ def test_hf_dataset_becomes_cached_shards(tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
+    from sslvit.data.hf import hf_to_shards, parse_hf_spec
     from sslvit.data.shards import load_manifest
-    from sslvit.evaluate.hf_data import hf_to_shards, parse_hf_spec
 
     images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(6)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})

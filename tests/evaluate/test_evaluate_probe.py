@@ -26,7 +26,7 @@ def _fake_features(train, val):
 def test_separable_features_reach_100_percent(tmp_path, monkeypatch):
     train = _clusters(200, 5, 16, 0.05, seed=0)
     val = _clusters(100, 5, 16, 0.05, seed=1)
-    monkeypatch.setattr("sslvit.evaluate.features.features_for_config", _fake_features(train, val))
+    monkeypatch.setattr("sslvit.evaluate.linear_probe.features_for_config", _fake_features(train, val))
     metrics = run_linear_probe(ProbeConfig(checkpoint="x", out_dir=str(tmp_path), **FAST))
     assert metrics["val_top1"] == 100.0 and metrics["val_top5"] == 100.0
     assert (tmp_path / "linear_probe.json").is_file()
@@ -44,7 +44,7 @@ def test_selection_ignores_the_validation_split(tmp_path, monkeypatch):
     monkeypatch.setattr(linear_probe, "predict", lambda p, x, *a: seen.append(x) or real_predict(p, x, *a))
     results = {}
     for name, labels in {"true": val_y, "adversarial": (val_y + 1) % 6}.items():
-        monkeypatch.setattr("sslvit.evaluate.features.features_for_config", _fake_features(train, (val_x, labels)))
+        monkeypatch.setattr("sslvit.evaluate.linear_probe.features_for_config", _fake_features(train, (val_x, labels)))
         results[name] = run_linear_probe(ProbeConfig(checkpoint="x", out_dir=str(tmp_path / name), **FAST))
     true, adversarial = results["true"], results["adversarial"]
     assert true["chosen"] == adversarial["chosen"]

@@ -107,9 +107,9 @@ def test_unsupported_pairs_fail_naming_the_reason_and_the_pairs_that_work(family
 def test_an_unsupported_pair_is_refused_before_the_run_directory_exists(tmp_path: Path):
     from dataclasses import replace
 
-    from sslvit.config import load
     from sslvit.objectives import objective_config
-    from sslvit.train import train
+    from sslvit.training import train
+    from sslvit.training.config import load
 
     argv = ["model.name=swin_pico_patch2_window4_32", f"train.out_dir={tmp_path / 'runs'}", "train.steps=1"]
     with pytest.raises(ConfigError, match="'mae' cannot train a 'swin' backbone"):
@@ -175,8 +175,8 @@ def test_evaluator_features_and_hub_config_use_only_the_interface(family: str, t
 
 
 def test_model_options_a_family_does_not_take_are_refused_naming_the_key():
-    from sslvit.config import load
-    from sslvit.train import check_model_config
+    from sslvit.training import check_model_config
+    from sslvit.training.config import load
 
     with pytest.raises(ConfigError, match=r"model.pos_embed: the swin family \(swin_pico_patch2_window4_32\)"):
         check_model_config(load(None, ["model.name=swin_pico_patch2_window4_32", "objective.name=simmim",

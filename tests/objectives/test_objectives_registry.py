@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import sslvit.objectives as objectives_pkg
-from sslvit import config as config_lib
-from sslvit.config import ConfigError
+from sslvit.config import ConfigError, key_docs
 from sslvit.models import create_model
 from sslvit.objectives import build_objective, objective_class, objectives, supported_pairs
 from sslvit.objectives.registry import check_pair
+from sslvit.training import config as config_lib
 
 NEW_OBJECTIVE = '''
 """A toy objective: predict each image's mean brightness from the pooled features."""
@@ -141,7 +141,7 @@ def test_a_new_objective_brings_its_own_value_checks_and_meanings(checked_object
         config_lib.load(None, ["objective.name=window", "objective.low=-0.5"])
     with pytest.raises(ConfigError, match=r"^objective.low: 0.95 is out of range; allowed: < 0.9$"):
         config_lib.load(None, ["objective.name=window", "objective.low=0.95"])
-    docs = config_lib.key_docs(cfg)
+    docs = key_docs(cfg)
     assert docs["objective.low"] == "lower edge of the window [allowed: >= 0]"
     assert docs["objective.weight"] == "weight of the loss"  # a plain field's trailing comment
     assert docs["objective.name"].startswith("the objective, a name registered in sslvit.objectives")

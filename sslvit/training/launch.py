@@ -1,5 +1,5 @@
 """Process setup for a run: the accelerator and what decides its options, the trackers, the run
-directory and launcher sanity checks (progress: :mod:`sslvit.progress`; threads: :mod:`sslvit.threads`).
+directory and launcher sanity checks (progress: :mod:`sslvit.progress`; threads: :mod:`sslvit.training.threads`).
 
 ``accelerate launch`` flags and accelerate config files reach the process as ``ACCELERATE_*``
 environment variables (``ACCELERATE_MIXED_PRECISION``, ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``,
@@ -24,7 +24,9 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list
 
-from sslvit.config import ConfigError, RunConfig
+from sslvit.config import ConfigError
+from sslvit.files import METRICS_FILE, OBJECTIVE_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from sslvit.training.config import RunConfig
 
 
 class LaunchError(RuntimeError):
@@ -301,7 +303,7 @@ def init_trackers(accelerator: Accelerator, cfg: RunConfig, run_name: str, confi
 
 # ---------------------------------------------------------------- the run directory
 
-OUTPUTS = ("model.safetensors", "objective.safetensors", "metrics.jsonl", "summary.json", "checkpoints")
+OUTPUTS = (WEIGHTS_FILE, OBJECTIVE_FILE, METRICS_FILE, SUMMARY_FILE, "checkpoints")
 
 
 def existing_outputs(run_dir: Path) -> list[str]:

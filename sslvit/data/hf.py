@@ -19,6 +19,11 @@ from typing import Any
 
 from accelerate import PartialState
 
+from sslvit.data.builtin import builtin_dir
+from sslvit.data.shards import write_shards
+from sslvit.data.sources import hf_dataset
+from sslvit.files import MANIFEST_FILE
+
 
 def parse_hf_spec(spec: str) -> dict[str, str]:
     """``"hf:mnist:test:image:label"`` -> ``{"source", "split", "image_column", "label_column"}``.
@@ -42,15 +47,12 @@ def hf_to_shards(spec: str, cache_root: str | Path, state: Any = None) -> str:
 
     Other ranks wait for it. Returns the directory (which holds ``manifest.json``).
     """
-    from sslvit.data.shards import MANIFEST_NAME, write_shards
-    from sslvit.data.sources import hf_dataset
-
     parts = parse_hf_spec(spec)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts.values())).strip("_")
     out = Path(cache_root) / name
     state = state or PartialState()
     failure: Exception | None = None
-    if state.is_main_process and not (out / MANIFEST_NAME).is_file():
+    if state.is_main_process and not (out / MANIFEST_FILE).is_file():
         try:
             source = hf_dataset(parts["source"], parts["split"], parts["image_column"], parts["label_column"])
             tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -68,7 +70,7 @@ def hf_to_shards(spec: str, cache_root: str | Path, state: Any = None) -> str:
     state.wait_for_everyone()
     if failure is not None:
         raise failure
-    if not (out / MANIFEST_NAME).is_file():
+    if not (out / MANIFEST_FILE).is_file():
         raise FileNotFoundError(f"{spec}: no shards at {out} (the main process could not convert it; see its error)")
     return str(out)
 
@@ -77,7 +79,6 @@ def resolve_spec(spec: str, cache_root: str | Path, state: Any = None) -> str:
     """A shard spec for ``spec``: an ``hf:`` spec becomes its shard directory under ``cache_root``
     (converted once, see :func:`hf_to_shards`); a built-in corpus split (``fashion-mnist:train``)
     its folder, built once; any other spec is returned unchanged."""
-    from sslvit.data.builtin import builtin_dir
 
     builtin = builtin_dir(spec)
     if builtin is not None:

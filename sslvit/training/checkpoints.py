@@ -8,61 +8,30 @@ temporary name and renamed once every rank has finished writing, so a directory 
 is always complete; old checkpoints are renamed away before they are deleted, so a crash while
 pruning never leaves a half-deleted directory under a final name.
 
-Resuming verifies every file against its recorded sha256 and every value of the state file, and
-refuses a run config that would make the continued run differ from an uninterrupted one
-(:func:`config_changes`); a change of world size or loader workers that keeps the global batch
-is allowed (the stream position counts global micro-batches of ``batch_size x world_size``).
+Reading one back verifies every file against its recorded sha256 and every value of the state
+file (:func:`validate_checkpoint`); choosing which one to resume from is :mod:`sslvit.training.resume`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sslvit.checkpoint import sha256_file
+from sslvit.files import sha256_file
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
 RNG_FILE = "random_states_{rank}.pkl"
 STATE_KEYS = ("step", "micro_batch", "world_size", "nonfinite_skipped")
 RECORD_KEYS = ("config", "shards", "files")
-
-# Config keys whose change leaves the continued run identical to an uninterrupted one.
-# data.batch_size is judged with the world size (the global micro-batch), data.train_shards by the
-# shard set it resolves to; every other key must be equal.
-NEUTRAL_KEYS = frozenset(
-    {
-        "data.num_workers",
-        "data.val_shards",
-        "train.log_every",
-        "train.ckpt_every",
-        "train.keep_last",
-        "train.max_nonfinite",
-        "train.out_dir",
-        "train.name",
-        "train.resume",
-        "train.trackers",
-        "train.project",
-        "train.progress",
-        "train.overwrite",
-        "train.eval_every",
-        "train.eval_probe",
-        "train.threads",
-    }
-)
-JUDGED_KEYS = frozenset({"data.batch_size", "data.train_shards"})
-
 
 class ResumeError(RuntimeError):
     """A checkpoint to resume from is missing, partial, corrupt or belongs to another setup."""
@@ -311,191 +280,6 @@ def validate_checkpoint(path: Path, total_steps: int | None = None, verify_files
 
 
 # comparing runs -----------------------------------------------------------------------------
-
-
-def _flat(config: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in config.items() if isinstance(sec, dict) for k, v in sec.items()}
-
-
-def config_changes(saved: RunRecord, wanted: RunRecord) -> tuple[list[str], list[str]]:
-    """(refused, allowed): the differences between the run that wrote a checkpoint and the run
-    asked for, each as ``"key: old -> new"``.
-
-    Refused: anything that would make the continued run differ from an uninterrupted one (the
-    global micro-batch ``batch_size x world_size``, gradient accumulation and so the global batch,
-    the model, objective and optimizer sections, the seed, the step count, the shard set, the
-    data transforms). Allowed: the loader workers, the world size with the global micro-batch
-    unchanged, and bookkeeping (logging, checkpoint cadence, names, trackers).
-    """
-    old, new = _flat(saved.config), _flat(wanted.config)
-    refused, allowed = [], []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b:
-            continue
-        line = f"{key}: {a!r} -> {b!r}"
-        (allowed if key in NEUTRAL_KEYS or key in JUDGED_KEYS else refused).append(line)
-    micro_old = old.get("data.batch_size", 0) * saved.world_size
-    micro_new = new.get("data.batch_size", 0) * wanted.world_size
-    accum_old, accum_new = old.get("train.grad_accum", 1), new.get("train.grad_accum", 1)
-    if micro_old != micro_new:
-        batch_line = [c for c in allowed if c.startswith("data.batch_size:")]
-        allowed = [c for c in allowed if c not in batch_line]
-        refused.extend(batch_line)
-        refused.append(
-            f"global micro-batch (data.batch_size x processes): {old.get('data.batch_size')} x {saved.world_size} "
-            f"= {micro_old} -> {new.get('data.batch_size')} x {wanted.world_size} = {micro_new} "
-            f"(global batch {micro_old * accum_old} -> {micro_new * accum_new})"
-        )
-    elif saved.world_size != wanted.world_size:
-        allowed.append(f"processes: {saved.world_size} -> {wanted.world_size}")
-    if saved.shards is not None and wanted.shards is not None and saved.shards != wanted.shards:
-        gone = [s[0] for s in saved.shards if s not in wanted.shards]
-        added = [s[0] for s in wanted.shards if s not in saved.shards]
-        refused.append(f"shard set (data.train_shards): without {gone[:5]}, with {added[:5]}")
-    return refused, allowed
-
-
-def describe_layout(saved: RunRecord, wanted: RunRecord) -> str | None:
-    """One line when the processes or loader workers change, else None."""
-    def layout(r: RunRecord) -> tuple[int, int, int]:
-        d = r.config.get("data", {})
-        return r.world_size, d.get("num_workers", 0), d.get("batch_size", 0) * r.world_size
-
-    (p0, w0, _), (p1, w1, g1) = layout(saved), layout(wanted)
-    if (p0, w0) == (p1, w1):
-        return None
-    accum = wanted.config.get("train", {}).get("grad_accum", 1)
-
-    def count(n: int, word: str) -> str:
-        return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))
-
-    return (
-        f"resuming {count(p0, 'process')} x {count(w0, 'worker')} as {count(p1, 'process')} x "
-        f"{count(w1, 'worker')}; global batch {g1 * accum} unchanged"
-    )
-
-
-# choosing -----------------------------------------------------------------------------------
-
-
-def _newest_valid(run_dir: Path, total_steps: int | None, notes: list[str]) -> Checkpoint | None:
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            found = validate_checkpoint(path, total_steps)
-        except ResumeError as err:
-            notes.append(f"{err}; trying the previous checkpoint")
-            continue
-        found.notes = notes
-        return found
-    return None
-
-
-def _refuse_changes(found: Checkpoint, wanted: RunRecord) -> None:
-    if found.record is None:
-        return
-    refused, _ = config_changes(found.record, wanted)
-    if refused:
-        raise ResumeError(
-            f"cannot resume from {found.path}: these settings differ from the run that wrote it, and the "
-            "continued run would not be the one an uninterrupted run gives:\n  " + "\n  ".join(refused)
-            + "\nresume with the checkpoint's settings (its run's config.yaml), or start a new run"
-        )
-
-
-def find_resume_point(
-    resume: str,
-    out_dir: Path,
-    name: str,
-    wanted: RunRecord,
-    total_steps: int | None = None,
-) -> Checkpoint | None:
-    """Map ``train.resume`` ("", "latest" or a checkpoint directory) to a verified checkpoint.
-
-    A path must verify and fit ``wanted``. "latest" with a ``name`` looks only in ``out_dir/name``
-    and takes its newest checkpoint that verifies (falling back past broken ones, each noted in
-    ``Checkpoint.notes``). "latest" without a name takes, among the runs under ``out_dir``, the one
-    with the newest checkpoint whose recorded settings fit ``wanted``; when none fits it refuses and
-    lists every run with what differs. Raises :class:`ResumeError`.
-    """
-    if not resume:
-        return None
-    if resume != "latest":
-        found = validate_checkpoint(Path(resume), total_steps)
-        _refuse_changes(found, wanted)
-        return found
-    others = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and list_checkpoints(p)) if out_dir.is_dir() else []
-    if name:
-        run_dir = out_dir / name
-        notes: list[str] = []
-        found = _newest_valid(run_dir, total_steps, notes)
-        if found is None:
-            why = "; ".join(notes) if notes else "it has no complete checkpoint"
-            elsewhere = f"; runs under {out_dir} with checkpoints: {', '.join(others)}" if others else ""
-            raise ResumeError(f"cannot resume run {run_dir} (train.resume=latest): {why}{elsewhere}")
-        _refuse_changes(found, wanted)
-        return found
-    if not others:
-        raise ResumeError(f"cannot resume: no complete checkpoint under {out_dir}")
-    fitting: list[Checkpoint] = []
-    reasons: list[str] = []
-    for run in others:
-        notes = []
-        found = _newest_valid(out_dir / run, total_steps, notes)
-        if found is None:
-            reasons.append(f"{run}: no checkpoint verifies ({'; '.join(notes)})")
-            continue
-        try:
-            _refuse_changes(found, wanted)
-        except ResumeError:
-            refused, _ = config_changes(found.record, wanted)  # type: ignore[arg-type]
-            reasons.append(f"{run}: {'; '.join(refused[:3])}")
-            continue
-        fitting.append(found)
-    if not fitting:
-        raise ResumeError(
-            f"cannot resume (train.resume=latest without train.name): no run under {out_dir} fits this config:\n  "
-            + "\n  ".join(reasons)
-            + "\nname the run with train.name or pass a checkpoint directory as train.resume"
-        )
-    best = max(fitting, key=lambda c: (c.path / STATE_FILE).stat().st_mtime)
-    skipped = [c.path.parent.parent.name for c in fitting if c is not best]
-    best.notes.append(
-        f"train.resume=latest without train.name: resuming run {best.path.parent.parent.name}, the newest of "
-        f"the runs under {out_dir} whose settings fit"
-        + (f" (also fitting: {', '.join(skipped)})" if skipped else "")
-        + (f" (not fitting: {'; '.join(reasons)})" if reasons else "")
-    )
-    return best
-
-
-# random states ------------------------------------------------------------------------------
-
-
-def restore_rng(path: Path, rank: int, saved_world_size: int, seed_of: Callable[[int], int]) -> str | None:
-    """Set this rank's Python, NumPy and torch (and CUDA) RNG states from ``path``'s
-    ``random_states_<rank>.pkl``, raising :class:`ResumeError` naming the file when it cannot be
-    applied. A rank the checkpoint has no state for (the world size grew) is seeded with
-    ``seed_of(rank)``; the returned line says so (None otherwise)."""
-    from accelerate.utils import load
-
-    file = path / RNG_FILE.format(rank=rank)
-    if rank >= saved_world_size:
-        seed = seed_of(rank)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        return f"rank {rank} has no RNG state in {path} (written by {saved_world_size} processes): seeded with {seed}"
-    try:
-        states = load(str(file), map_location="cpu")
-        random.setstate(states["random_state"])
-        np.random.set_state(states["numpy_random_seed"])
-        torch.set_rng_state(states["torch_manual_seed"])
-        if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
-            torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
-    except Exception as err:  # unpickling, missing keys and wrong state types all mean the same here
-        raise ResumeError(f"cannot resume: {file} does not hold usable RNG states ({type(err).__name__}: {err})") from err
-    return None
 
 
 def last_finite_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:

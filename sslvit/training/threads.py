@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from sslvit.config import ConfigError, RunConfig
-from sslvit.cpu_load import Load, LoadSample, load_between, sample_load
+from sslvit.config import ConfigError
+from sslvit.training.config import RunConfig
+from sslvit.training.cpu_load import Load, LoadSample, load_between, sample_load
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sslvit.masking import BlockMasker, MPPCorruption, RandomMasker
+from sslvit.objectives.masking import BlockMasker, MPPCorruption, RandomMasker
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -8,13 +8,13 @@ A training run belongs to a *stage*, which picks its training transform:
   ``finetune.rand_augment`` / ``finetune.reprob`` (RandAugment + random erasing, MAE's recipe).
 
 The stage is declared by the config class (``FinetuneConfig.stage = "finetune"``; a plain
-:class:`~sslvit.config.RunConfig` pretrains) or passed to :func:`resolve_train_data`, and
+:class:`~sslvit.training.config.RunConfig` pretrains) or passed to :func:`resolve_train_data`, and
 :meth:`TrainData.make_loader` takes an explicit ``transform`` too. Evaluation splits (fine-tune
 validation, probe and kNN features) use :func:`sslvit.data.transforms.eval_transform` through
 :func:`sslvit.evaluate.features.make_eval_loader`.
 
 ``hf:`` training specs are converted once into shards under ``<train.out_dir>/hf_shards/``
-(:func:`sslvit.evaluate.hf_data.resolve_spec`) and streamed from there.
+(:func:`sslvit.data.hf.resolve_spec`) and streamed from there.
 """
 
 from __future__ import annotations
@@ -26,10 +26,15 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from sslvit.config import ConfigError, RunConfig
+from sslvit.config import ConfigError
+from sslvit.data import build_loader, ensure_digits_shards, load_manifest, resolve
+from sslvit.data.builtin import builtin_name
+from sslvit.data.hf import resolve_spec
+from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data.transforms import finetune_transform
+from sslvit.objectives import objective_class
+from sslvit.training.config import RunConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = ("pretrain", "finetune")
 
 
@@ -48,9 +53,6 @@ def stage_transform(cfg: RunConfig, stage: str, mean: tuple[float, ...] = IMAGEN
     ``mean`` / ``std`` (in [0, 1] units) set the fine-tune transform's RandAugment fill and
     random-erasing noise. An unknown stage, or ``"finetune"`` without a ``finetune`` section, raises.
     """
-    from sslvit.data.transforms import finetune_transform
-    from sslvit.objectives import objective_class
-
     d = cfg.data
     if stage == "pretrain":
         return objective_class(cfg.objective.name).train_transform(d)
@@ -88,9 +90,6 @@ class TrainData:
         transform, :meth:`train_transform`), the objective's labels rule, and ``masker`` building
         masks per batch. With labels, ``num_classes`` goes to the loader, which skips and counts
         labels outside [0, num_classes)."""
-        from sslvit.data import build_loader
-        from sslvit.objectives import objective_class
-
         d = self.cfg.data
         objective = objective_class(self.cfg.objective.name)
         if transform is None:
@@ -119,8 +118,6 @@ class TrainData:
 
 def default_shards(split: str, image_size: int, accelerator: Accelerator | None = None) -> str:
     """The built-in digits corpus split, built on first use by the main process while the others wait."""
-    from sslvit.data import ensure_digits_shards
-
     if accelerator is None or accelerator.is_main_process:
         paths = ensure_digits_shards(image_size=image_size)
     if accelerator is not None:
@@ -139,11 +136,8 @@ def resolve_data_spec(spec: str, cfg: RunConfig, state: Any = None, key: str = "
     """A shard spec for a data key: ``hf:`` specs become shards under :func:`hf_cache_dir` (converted
     once by the main process; the path is printed there), a built-in corpus split
     (``fashion-mnist:train``) its folder (built once), anything else is returned unchanged."""
-    from sslvit.data.builtin import builtin_name
-
     if not spec.startswith("hf:") and not builtin_name(spec):
         return spec
-    from sslvit.evaluate.hf_data import resolve_spec
 
     out = resolve_spec(spec, hf_cache_dir(cfg), state)
     if state is None or state.is_main_process:
@@ -196,8 +190,6 @@ def head_classes(cfg: RunConfig) -> tuple[int, str]:
 
 def read_manifest(spec: str) -> dict[str, Any] | None:
     """The manifest of ``spec``, or None when it has none (or it cannot be read)."""
-    from sslvit.data import load_manifest
-
     try:
         return load_manifest(spec)
     except (FileNotFoundError, ValueError, OSError):
@@ -222,9 +214,6 @@ def resolve_train_data(cfg: RunConfig, accelerator: Accelerator, stage: str | No
     """Resolve ``cfg.data.train_shards`` ("" = built-in digits, ``hf:`` = converted into shards), its
     mean / std, the run's stage (default: :func:`stage_of`) and, when the objective trains on labels,
     check the manifest's label range against the head's classes."""
-    from sslvit.data import resolve
-    from sslvit.objectives import objective_class
-
     stage = stage or stage_of(cfg)
     if stage not in STAGES:
         raise ConfigError(f"stage: expected one of {list(STAGES)}, got {stage!r}")

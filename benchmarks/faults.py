@@ -18,7 +18,10 @@ After a kill, now and then the newest checkpoint is corrupted (model.safetensors
 truncated, a garbage RNG file, a string step in trainer_state.json): the resume must fall back to
 the previous checkpoint and say so. Then fixed cases: a NaN loss and a NaN-producing update at a
 random step (the run stops naming a checkpoint with finite weights; resuming it finishes), a
-resume with another ``data.num_workers``, and a corrupt checkpoint named as ``train.resume`` (refused).
+resume with another ``data.num_workers``, a corrupt checkpoint named as ``train.resume`` (refused),
+SIGTERM after a random step and while a checkpoint is written (exit 75 with that step's checkpoint),
+and a disk that fills while a checkpoint is written (with ``train.keep_last=2`` the oldest goes first
+and the run goes on; with 0 it stops, exit 74, in one line, nothing partial left).
 Every chain's final model.safetensors and objective.safetensors must equal the reference's bit for bit.
 
 The faults are injected by a driver script that wraps ``sslvit.training`` functions in the child
@@ -45,14 +48,17 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sslvit.errors import EXIT_PREEMPTED, EXIT_STORAGE  # noqa: E402
 from sslvit.training.checkpoints import STATE_FILE, list_checkpoints  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "sslvit" / "configs" / "default.yaml"
 
 DRIVER = r"""
-import os, shutil, signal, sys
+import errno, os, shutil, signal, sys
 from pathlib import Path
 import torch
+import accelerate
+from sslvit.errors import EXIT_PREEMPTED, EXIT_STORAGE, Preempted, StorageError
 import sslvit.training.checkpoints as TS
 import sslvit.training.loop as loop
 import sslvit.training.run as T
@@ -70,6 +76,8 @@ def die():
 real_save = TS.save_training_state
 def save(accelerator, run_dir, state, keep_last, record=None):
     now["saving"] = state.step
+    if kind == "term_save" and state.step == at:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while this checkpoint is written
     try:
         return real_save(accelerator, run_dir, state, keep_last, record)
     finally:
@@ -129,12 +137,32 @@ if kind == "nan_update":
         return optimizer
     T.build_optimizer = build_optimizer
 
+if kind == "full_save":
+    real_state = accelerate.Accelerator.save_state
+    def full_state(self, output_dir=None, **k):
+        if now["saving"] == at and not now.get("full"):
+            now["full"] = True
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"x" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_state(self, output_dir, **k)
+    accelerate.Accelerator.save_state = full_state
+
 def on_step_end(step):
     now["done"] = step
     if kind == "kill_step" and step == at:
         die()
+    if kind == "term_step" and step == at:
+        os.kill(os.getpid(), signal.SIGTERM)
 
-loop.train(cfg, on_step_end=on_step_end)
+try:
+    loop.train(cfg, on_step_end=on_step_end)
+except Preempted as stopped:
+    print(stopped, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+except StorageError as full:
+    print(f"error: {full}", flush=True)
+    sys.exit(EXIT_STORAGE)
 """
 
 CORRUPTIONS = ("truncate model.safetensors", "truncate optimizer.bin", "garbage random_states_0.pkl",
@@ -278,7 +306,46 @@ class Bench:
             self.poisoned(kind)
         self.other_workers()
         self.named_corrupt()
+        for kind in ("term_step", "term_save"):
+            self.preempted(kind)
+        for keep in (2, 0):
+            self.disk_full(keep)
         return self.report()
+
+    def preempted(self, kind: str) -> None:
+        """SIGTERM after a step, or while a checkpoint is written: exit 75 with that step's
+        checkpoint, and the resumed chain ends bitwise equal to the reference."""
+        a = self.args
+        saves = list(range(a.ckpt_every, a.steps, a.ckpt_every))
+        at = self.rng.choice(saves) if kind == "term_save" else self.rng.randrange(1, a.steps)
+        chain = kind.replace("_", "-")
+        code, out, secs = self.launch(chain, f"{kind}:{at}")
+        names = [p.name for p in list_checkpoints(self.work / "runs" / chain)]
+        ok = code == EXIT_PREEMPTED and f"stopped on SIGTERM after step {at} of" in out and f"step_{at:07d}" in names
+        self.row(chain, f"{kind}:{at}", code, out, secs, f"stopped with step_{at:07d}" if ok else "not stopped cleanly", ok)
+        k, c = self.resume_until_done(chain, 0)
+        self.chains.append([chain, str(k), str(c), "yes" if self.equal_to_reference(chain) else "NO"])
+
+    def disk_full(self, keep_last: int) -> None:
+        """The disk fills while a checkpoint is written: with train.keep_last=2 the oldest goes first
+        and the run goes on; with 0 it stops (exit 74) naming the last good checkpoint, nothing partial
+        left; either way the chain ends bitwise equal to the reference."""
+        a = self.args
+        at = self.rng.choice(list(range(3 * a.ckpt_every, a.steps, a.ckpt_every)))
+        chain = f"disk-full-keep{keep_last}"
+        code, out, secs = self.launch(chain, f"full_save:{at}", (f"train.keep_last={keep_last}",))
+        left = list((self.work / "runs" / chain / "checkpoints").glob(".tmp-*"))
+        if keep_last:
+            ok = code == 0 and "first (train.keep_last=2) and writing it again" in out and not left
+            outcome = "pruned first, went on" if ok else "did not make room"
+        else:
+            ok = code == EXIT_STORAGE and f"no space left to write the checkpoint of step {at}" in out \
+                and "the last good checkpoint is" in out and not left
+            outcome = "stopped in one line, nothing partial" if ok else "not stopped cleanly"
+        self.row(chain, f"full_save:{at}", code, out, secs, outcome, ok)
+        if code != 0:
+            k, c = self.resume_until_done(chain, 0, (f"train.keep_last={keep_last}",))
+        self.chains.append([chain, "0", "0", "yes" if self.equal_to_reference(chain) else "NO"])
 
     def poisoned(self, kind: str) -> None:
         a = self.args

@@ -8,7 +8,7 @@ modules at the top of the package. Read from the code's own imports (``ast``), n
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-    base (sslvit, sslvit.files, sslvit.progress) < models < config < data < objectives < checkpoint
+    base (sslvit, sslvit.errors, sslvit.files, sslvit.progress) < models < config < data < objectives < checkpoint
     < training, hub < evaluate, viz < cli, sslvit.__main__
 
 The package itself (``sslvit/__init__.py``) is base: it holds the version and imports nothing at
@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
 GROUPS: dict[str, str] = {
     "sslvit": "base",
     "sslvit.__main__": "cli",
+    "sslvit.errors": "base",
     "sslvit.files": "base",
     "sslvit.progress": "base",
     **{f"sslvit.{name}": name for layer in LAYERS for name in layer if name != "base"},

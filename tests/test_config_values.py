@@ -122,8 +122,9 @@ ACCEPTED = [
 
 REFUSED = [
     ("data.batch_size=0", ">= 1"),
-    ("data.image_size=0", ">= 1"),
-    ("data.digits_image_size=0", ">= 1"),
+    ("data.image_size=0", "in [1, 4096]"),
+    ("data.image_size=100000", "in [1, 4096]"),
+    ("data.digits_image_size=0", "in [1, 4096]"),
     ("data.num_workers=-1", ">= 0"),
     ("data.shuffle_buffer=-1", ">= 0"),
     ("data.samples_per_epoch=0", ">= 1 or null"),
@@ -156,7 +157,7 @@ REFUSED = [
     ("model.drop_path_rate=1.0", "in [0, 1)"),
     ("model.drop_path_rate=-0.1", "in [0, 1)"),
     ("model.num_classes=-1", ">= 0"),
-    ("model.img_size=0", ">= 1 or null"),
+    ("model.img_size=0", "in [1, 4096] or null"),
     ("model.patch_size=0", ">= 1 or null"),
     ("objective.decoder_depth=0", ">= 1"),
     ("objective.decoder_dim=0", ">= 1"),

@@ -87,7 +87,7 @@ def test_sslvit_has_no_circle_no_import_up_and_every_module_in_a_layer(house):
     assert house.circles() == []
     assert [f"{e.source}:{e.line} -> {e.target}" for e in house.up_imports()] == []
     assert house.unplaced() == []
-    assert house.top_level == ["files", "progress"]
+    assert house.top_level == ["errors", "files", "progress"]
 
 
 def test_every_import_inside_a_function_says_why(house):
@@ -102,7 +102,7 @@ def test_the_step_loop_reads_in_one_screen(house):
 
 TORCH_FREE = ("sslvit", "sslvit.cli", "sslvit.cli.pretrain", "sslvit.cli.shards", "sslvit.cli.config_list",
               "sslvit.cli.config_show", "sslvit.cli.publish", "sslvit.cli.visualize", "sslvit.config",
-              "sslvit.training.config", "sslvit.files", "sslvit.progress")
+              "sslvit.training.config", "sslvit.errors", "sslvit.files", "sslvit.progress")
 
 
 def test_the_command_line_and_the_config_start_without_torch():

@@ -19,13 +19,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from sslvit.errors import InputError
+
 META_MODEL = "sslvit.model"
 META_KIND = "sslvit.kind"
 META_OBJECTIVE = "sslvit.objective"
 META_CONFIG = "sslvit.config"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be read or does not fit the model; the message says what is wrong."""
 
 
@@ -49,7 +51,11 @@ def save_model(
         metadata[f"sslvit.{key}"] = json.dumps(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except BaseException:  # a full disk, an interrupt: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)

@@ -25,6 +25,7 @@ from sslvit.checkpoint.foreign import (
 )
 from sslvit.checkpoint.format import META_MODEL, CheckpointError, read_file_metadata, read_state_dict
 from sslvit.checkpoint.hub_format import HUB_SCHEME, download_files, hub_repo_id, model_config_from_hub
+from sslvit.errors import InputError
 from sslvit.files import CONFIG_FILE, WEIGHTS_FILE, sha256_file
 from sslvit.models import build_model, create_model
 
@@ -101,6 +102,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _model_from_metadata(path: Path, model_json: str, overrides: dict[str, Any]) -> nn.Module:
+    """The encoder a checkpoint's ``sslvit.model`` metadata describes; metadata that is not JSON, not
+    a mapping, or names options the model does not take is a :class:`CheckpointError` naming ``path``."""
+    try:
+        config = json.loads(model_json)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its {META_MODEL} metadata is not JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its {META_MODEL} metadata is not a mapping of model options")
+    try:
+        return build_model({**config, **overrides})
+    except (InputError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: its {META_MODEL} metadata does not build a model: "
+                              f"{err.args[0] if err.args else err}") from None
+
+
 def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides: Any) -> nn.Module:
     """Rebuild the encoder a checkpoint spec names (:func:`resolve_checkpoint`) in eval mode.
 
@@ -117,7 +134,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides
     encoder_state = strip_prefixes(state)
     body = {k: v for k, v in encoder_state.items() if k not in set(decoder_keys(encoder_state))}
     if model_json is not None:
-        model = build_model({**json.loads(model_json), **overrides})
+        model = _model_from_metadata(source.weights, model_json, overrides)
     elif model_name is not None:
         model = create_model(model_name, **{**named_options(model_name, body, source.spec), **overrides})
     elif source.config is not None:

@@ -6,7 +6,10 @@
 
 ``python -m sslvit`` and ``accelerate launch -m sslvit pretrain ...`` run the same command. Each
 subcommand lives in its own module here with a ``main(argv, prog) -> int``; it is imported only
-when it runs, so ``sslvit --help`` starts fast.
+when it runs, so ``sslvit --help`` starts fast. Whatever a subcommand raises as the user's input
+being wrong (:class:`sslvit.errors.InputError`, a missing file, a denied one) ends as one line,
+``sslvit CMD: error: MESSAGE``, and exit status 2; a run stopped by SIGTERM / SIGINT after writing
+its checkpoint (:class:`sslvit.errors.Preempted`) says where, with exit status 75.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import sys
 from collections.abc import Sequence
 
 from sslvit import __version__
+from sslvit.cli.common import error_text, fail
+from sslvit.errors import EXIT_PREEMPTED, EXIT_STORAGE, InputError, Preempted, StorageError
+from sslvit.progress import say
 
 # name -> (module, one line of help); the order is the order of a run
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -57,7 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sslvit: error: unknown command {name!r} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(args[1:], prog=f"sslvit {name}")
+    prog = f"sslvit {name}"
+    try:
+        return module.main(args[1:], prog=prog)
+    except (InputError, FileNotFoundError, PermissionError) as err:  # the user's input: one line, exit 2
+        return fail(prog, error_text(err))
+    except StorageError as err:  # a full disk: one line naming the directory and the last good checkpoint
+        say(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_STORAGE
+    except Preempted as stopped:  # SIGTERM / SIGINT: the checkpoint is written, say where
+        say(f"{prog}: {stopped}", file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 def console_main() -> None:

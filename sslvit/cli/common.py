@@ -7,13 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from sslvit.errors import InputError
 from sslvit.progress import is_main_process
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
-class CliError(Exception):
+class CliError(InputError):
     """Bad input to a subcommand; the message names the bad argument, key or file."""
 
 

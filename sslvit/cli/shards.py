@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sslvit.cli.common import CliError, error_text, fail, quoted
+from sslvit.errors import InputError
 from sslvit.files import MANIFEST_FILE
 
 DESCRIPTION = """\
@@ -44,7 +45,18 @@ labels), so that the loader can size epochs and split them over ranks.
 """
 
 
-class ShardsError(ValueError):
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: >= 1")
+    return value
+
+
+class ShardsError(InputError):
     """Bad input to ``sslvit shards``; the message names the argument or source."""
 
 
@@ -80,11 +92,11 @@ def build_parser(prog: str = "sslvit shards") -> argparse.ArgumentParser:
                    help="output directory; required except for digits (data/shards/digits) and "
                         "fashion-mnist (data/shards/fashion_mnist)")
     p.add_argument("--prefix", default=None, help="shard name prefix; None = the output folder name")
-    p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
+    p.add_argument("--max-count", type=positive_int, default=10_000, help="samples per shard at most")
     p.add_argument("--max-bytes", type=parse_size, default="1GB", help="bytes per shard at most")
     p.add_argument("--format", default="keep", choices=["keep", "jpg", "png", "webp"],
                    help="keep the original bytes or re-encode")
-    p.add_argument("--max-side", type=int, default=None,
+    p.add_argument("--max-side", type=positive_int, default=None,
                    help="re-encode images whose longer side exceeds this; None = never")
     p.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality when re-encoding")
     p.add_argument("--json", action="store_true", help="write {key}.json with the source name")
@@ -96,7 +108,7 @@ def build_parser(prog: str = "sslvit shards") -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image", help="HF image column")
     p.add_argument("--label-column", default="label", help="HF label column ('' = unlabeled)")
     p.add_argument("--streaming", action="store_true", help="stream the HF dataset instead of downloading it")
-    p.add_argument("--image-size", type=int, default=32, help="digits, fashion-mnist: square side in pixels")
+    p.add_argument("--image-size", type=positive_int, default=32, help="digits, fashion-mnist: square side in pixels")
     p.add_argument("--source", dest="source_dir", default=None,
                    help="fashion-mnist: folder holding the four idx files; None = $SSLVIT_FASHION_MNIST, "
                         "else /usr/share/datasets/fashion-mnist")
@@ -168,6 +180,9 @@ def make_shards(argv: Sequence[str] | None = None, prog: str = "sslvit shards") 
                             args.config, args.streaming)
     else:
         source = image_folder(path)
+    if source.total == 0:
+        raise ShardsError(f"{args.source}: no images found, nothing written (image files: .jpg, .jpeg, .png, "
+                          ".webp, ...; class sub-folders = labels)")
     out = Path(args.out)
     manifest = write_shards(source.items, out, prefix=args.prefix or out.name, max_count=args.max_count,
                             max_bytes=args.max_bytes, class_names=source.class_names,
@@ -176,6 +191,9 @@ def make_shards(argv: Sequence[str] | None = None, prog: str = "sslvit shards") 
                             compute_stats=not args.no_stats, total=source.total,
                             progress=not args.quiet, extra={"source_info": source.info},
                             skipped=source.skipped)
+    if manifest["total"] == 0:
+        raise ShardsError(f"{args.source}: no readable image among {manifest['num_skipped']} files, nothing "
+                          f"written (see {out / MANIFEST_FILE} for why each was skipped)")
     summary = {"dir": str(out), "shards": len(manifest["shards"]), "total": manifest["total"],
                "skipped": manifest["num_skipped"], "classes": manifest["num_classes"]}
     print(json.dumps(summary))
@@ -194,7 +212,11 @@ def index_summary(manifest: dict[str, Any], where: Path) -> list[str]:
     if manifest.get("labeled") and manifest.get("unlabeled"):
         labels += f", {manifest['unlabeled']} samples without a label"
     lines = [f"indexed {len(manifest['shards'])} shards, {manifest['total']} samples, {labels}; "
-             f"manifest: {quoted(where / 'manifest.json')}"]
+             f"manifest: {quoted(where / MANIFEST_FILE)}"]
+    if any(str(entry.get("url", "")).startswith("pipe:") for entry in manifest["shards"]):
+        lines.append(f"note: its shards are read by the pipe: commands you gave; a command from a manifest "
+                     f"runs only where the manifest is trusted by name: export SSLVIT_TRUSTED_MANIFESTS="
+                     f"{quoted((where / MANIFEST_FILE).resolve())}")
     dotted = manifest.get("dotted_keys") or {}
     if dotted.get("count"):
         lines.append(f"note: {dotted['count']} samples have dots in their key (e.g. "

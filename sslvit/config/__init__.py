@@ -5,6 +5,7 @@ from sslvit.config.loader import (
     Bounds,
     ConfigError,
     allowed,
+    check_tree,
     check_values,
     from_dict,
     join_key,
@@ -22,6 +23,6 @@ from sslvit.config.sections import DataConfig, ModelConfig, ObjectiveConfig, Opt
 
 __all__ = [
     "Bounds", "ConfigError", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
-    "allowed", "check_values", "from_dict", "join_key", "key_docs", "load", "opt", "parse_overrides",
+    "allowed", "check_tree", "check_values", "from_dict", "join_key", "key_docs", "load", "opt", "parse_overrides",
     "polymorphic", "save", "show_value", "source_comments", "to_dict",
 ]

@@ -27,8 +27,10 @@ from typing import Any, Literal
 
 import yaml
 
+from sslvit.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 
@@ -143,6 +145,16 @@ def check_values(section: Any, key: str = "") -> None:
     hook = getattr(section, "check", None)
     if callable(hook):
         hook(key)
+
+
+def check_tree(config: Any, key: str = "") -> None:
+    """:func:`check_values` of ``config`` and of every section nested in it, innermost first: what
+    :func:`load` checks, for a config built in code."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_tree(value, join_key(key, f.name))
+    check_values(config, key)
 
 
 def _type_name(tp: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from sslvit.config.loader import ConfigError, join_key, opt, show_value
 
+MAX_SIDE = 4096  # the largest image side a config accepts (ViT-B/16 at 4096 px: 65,536 patch tokens)
 
 @dataclass
 class DataConfig:
@@ -29,8 +30,8 @@ class DataConfig:
         "",
         "validation shards (evaluators, online evaluation), same forms; '' = the built-in digits val split",
     )
-    digits_image_size: int = opt(32, "side in pixels of the built-in digits corpus images", ge=1)
-    image_size: int = opt(32, "side in pixels of the crops fed to the model", ge=1)
+    digits_image_size: int = opt(32, "side in pixels of the built-in digits corpus images", ge=1, le=MAX_SIDE)
+    image_size: int = opt(32, "side in pixels of the crops fed to the model", ge=1, le=MAX_SIDE)
     batch_size: int = opt(128, "images per process per micro-batch (before gradient accumulation)", ge=1)
     num_workers: int = opt(2, "data loader worker processes per rank; 0 = load in the main process", ge=0)
     repeats: int = opt(
@@ -101,6 +102,7 @@ class ModelConfig:
         None,
         "input side in pixels the encoder is built for; null = data.image_size",
         ge=1,
+        le=MAX_SIDE,
     )
     patch_size: int | None = opt(None, "patch side in pixels; null = the variant's", ge=1, family_option=True)
     global_pool: Literal["token", "avg"] | None = opt(
@@ -271,6 +273,17 @@ class TrainConfig:
     project: str = opt("sslvit", "tracker project name (the run name is train.name)")
     progress: bool = opt(True, "show a progress bar")
     overwrite: bool = opt(False, "allow a fresh run into a run directory that already holds outputs")
+    preempt_grace_s: float = opt(
+        120.0,
+        "after SIGTERM / SIGINT: seconds to finish the step and write its checkpoint before exiting "
+        "without one (the run stops at a step boundary, exit status 75)",
+        gt=0,
+    )
+    dist_timeout_s: float = opt(
+        600.0,
+        "seconds a collective waits for a silent process before the run stops (torch's default: 1800)",
+        gt=0,
+    )
     eval_every: int = opt(
         0,
         "optimizer steps between online kNN evaluations on data.val_shards; 0 = off",

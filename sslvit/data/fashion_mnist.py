@@ -34,6 +34,7 @@ import numpy as np
 
 from sslvit.data.digits import announce, build_once, png_items, upscale
 from sslvit.data.shards import write_shards
+from sslvit.errors import InputError
 from sslvit.files import MANIFEST_FILE
 from sslvit.progress import progress as progress_bar
 
@@ -57,7 +58,7 @@ _MARKER = "fashion_mnist.json"
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IdxError(ValueError):
+class IdxError(InputError):
     """An idx file that is not what it should be (the message names the file)."""
 
 

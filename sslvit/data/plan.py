@@ -9,7 +9,9 @@ unless every part carries them and its counts), and class names must agree (else
 naming both folders). ``http(s)://`` URLs and ``pipe:`` commands (run through a shell, for object
 stores: ``pipe:aws s3 cp s3://bucket/shard-{000..009}.tar -``) are read with webdataset's ``gopen``. Shard names inside a manifest are relative files; only a
 manifest read from a local file may instead list each shard's ``url`` (an ``http(s)://`` URL or a
-``pipe:`` command, as :func:`sslvit.data.index.index_shards` writes for remote shards).
+``pipe:`` command, as :func:`sslvit.data.index.index_shards` writes for remote shards). A ``pipe:``
+url from a manifest runs only when the user names that manifest in ``$SSLVIT_TRUSTED_MANIFESTS``:
+a command comes from what the user typed, never from a file that came with the data.
 A built-in corpus split (``digits:val``, ``fashion-mnist:test``; :mod:`sslvit.data.builtin`) is
 built once and stands for its folder.
 
@@ -40,9 +42,13 @@ import braceexpand
 
 from sslvit.data.builtin import builtin_dir
 from sslvit.data.shards import load_manifest
+from sslvit.errors import InputError
 from sslvit.files import MANIFEST_FILE
 
 ShardSpec = str | os.PathLike | list | tuple
+
+
+TRUSTED_MANIFESTS_ENV = "SSLVIT_TRUSTED_MANIFESTS"
 
 
 def mix_seed(*parts: Any) -> int:
@@ -78,21 +84,44 @@ class ShardSet:
         return self.counts is not None and None not in self.counts
 
 
+def trusted_manifests() -> set[Path]:
+    """The manifests (files, or the folders holding them) whose ``pipe:`` shard urls may run: the
+    ones named in ``$SSLVIT_TRUSTED_MANIFESTS`` (paths separated by ``os.pathsep``)."""
+    named = os.environ.get(TRUSTED_MANIFESTS_ENV, "").split(os.pathsep)
+    return {Path(p).expanduser().resolve() for p in named if p.strip()}
+
+
+def _check_command(spec: str, name: str, url: str) -> None:
+    """Refuse a shard ``url`` that is a shell command, unless the user trusts its manifest by name."""
+    if not url.startswith("pipe:"):
+        return
+    path = Path(spec)
+    manifest = (path / MANIFEST_FILE if path.is_dir() else path).resolve()
+    trusted = trusted_manifests()
+    if manifest in trusted or manifest.parent in trusted:
+        return
+    raise InputError(
+        f"{manifest}: shard {name!r} is to be read by running the shell command {url!r}, which came with "
+        f"the data, not from you; it runs only from a manifest you trust by name: "
+        f"{TRUSTED_MANIFESTS_ENV}={manifest} (or give the pipe: spec yourself)")
+
+
 def _from_manifest(spec: str) -> ShardSet:
     manifest = load_manifest(spec)
     base = manifest["base"]
-    trusted = not spec.startswith(("http://", "https://"))
+    local = not spec.startswith(("http://", "https://"))
     urls, counts = [], []
     for entry in manifest["shards"]:
         name = str(entry["name"])
         url = entry.get("url")
         if url is not None:
-            if not trusted:
-                raise ValueError(f"{spec}: a manifest read over http may not list shard urls ({url!r})")
+            if not local:
+                raise InputError(f"{spec}: a manifest read over http may not list shard urls ({url!r})")
+            _check_command(spec, name, str(url))
             urls.append(str(url))
         else:
             if name.startswith("pipe:") or "://" in name or os.path.isabs(name) or ".." in Path(name).parts:
-                raise ValueError(f"{spec}: shard name {name!r} must be a relative file name")
+                raise InputError(f"{spec}: shard name {name!r} must be a relative file name")
             urls.append(f"{base}/{name}")
         counts.append(int(entry["count"]))
     return ShardSet(urls, counts, manifest.get("class_names"), manifest.get("mean"), manifest.get("std"),

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from sslvit.data.decode import DEFAULT_MAX_PIXELS, SampleError, _to_rgb_array, open_image
+from sslvit.errors import InputError
 from sslvit.files import MANIFEST_FILE, sha256_file
 
 MANIFEST_FORMAT = "sslvit-shards/1"
@@ -278,21 +279,33 @@ def load_manifest(path_or_dir: str | Path) -> dict[str, Any]:
     """Read a shard manifest from a directory, a ``.json`` path or an http(s) URL.
 
     The result gets ``"base"``: the location shard names are relative to.
+    A file that is not JSON, or whose shard entries lack a ``name`` or a ``count``, is an
+    :class:`~sslvit.errors.InputError` naming the file and the entry.
     """
     spec = str(path_or_dir)
     if spec.startswith(("http://", "https://")):
-        from webdataset.gopen import gopen
+        from webdataset.gopen import gopen  # deferred: only remote manifests need it
 
-        with gopen(spec if spec.endswith(".json") else spec.rstrip("/") + "/" + MANIFEST_FILE) as f:
-            manifest = json.loads(f.read())
+        where = spec if spec.endswith(".json") else spec.rstrip("/") + "/" + MANIFEST_FILE
+        with gopen(where) as f:
+            text = f.read()
         base = spec.rsplit("/", 1)[0] if spec.endswith(".json") else spec.rstrip("/")
     else:
         path = Path(spec)
         path = path / MANIFEST_FILE if path.is_dir() else path
-        manifest = json.loads(path.read_text())
-        base = str(path.parent)
+        where, text, base = str(path), path.read_bytes(), str(path.parent)
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{where}: not a shard manifest (not JSON: {err})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ValueError(f"{spec}: not a shard manifest (no 'shards' list)")
+        raise InputError(f"{where}: not a shard manifest (no 'shards' list)")
+    for index, entry in enumerate(manifest["shards"]):
+        count = entry.get("count") if isinstance(entry, dict) else None
+        if (not isinstance(entry, dict) or not isinstance(entry.get("name"), str)
+                or isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise InputError(f"{where}: shard entry {index} needs a 'name' (text) and a 'count' (a whole "
+                             f"number >= 0); it is {str(entry)[:200]}")
     manifest["base"] = base
     return manifest
 

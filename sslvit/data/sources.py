@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sslvit.data.shards import SourceItem
+from sslvit.errors import InputError
 
 
 @dataclass
@@ -63,7 +64,7 @@ def image_folder(root: str | Path) -> Source:
     return Source(items(), class_names, len(files), skipped, {"source": str(root), "kind": "folder"})
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A source cannot be read as asked: a missing split or column; the message lists what exists."""
 
 

@@ -84,6 +84,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -107,8 +108,9 @@ from sslvit.data.plan import (
     whole_shards,
 )
 from sslvit.data.shards import load_manifest
-from sslvit.data.tario import count_samples
+from sslvit.data.tario import LOST_SAMPLES, count_samples
 from sslvit.data.worker import EpochPlan, EpochStream, StreamConfig
+from sslvit.errors import InputError
 
 __all__ = ["StreamLoader", "build_loader", "default_rank_world", "load_manifest", "resolve_shards"]
 
@@ -143,20 +145,35 @@ def count_unknown(shards: ShardSet, key_dot: str, announce: bool, samples_per_ep
                                "ceil(samples_per_epoch / G) batches and every sample once is not guaranteed; "
                                "`sslvit shards index SPEC --out DIR` writes their counts", len(remote), remote[0])
             return shards
-        raise ValueError(f"finite mode needs sample counts, and {len(remote)} remote shard(s) have no manifest "
+        raise InputError(f"finite mode needs sample counts, and {len(remote)} remote shard(s) have no manifest "
                          f"(e.g. {remote[0]}): run `sslvit shards index '{remote[0]}' --out DIR` (or "
                          f"sslvit.data.index.index_shards) and use DIR/manifest.json as the shards, or pass "
                          f"samples_per_epoch")
     started = time.monotonic()
+    unreadable: dict[int, str] = {}
     for i in missing:
-        counts[i] = count_samples(shards.urls[i], key_dot)
+        try:
+            counts[i] = count_samples(shards.urls[i], key_dot)
+        except (tarfile.TarError, OSError) as exn:  # not a tar, truncated, unreadable: skipped, and said
+            unreadable[i] = str(exn) or type(exn).__name__
+    if unreadable and announce:
+        logger.warning("skipping %d shard(s) that are not readable tar files: %s", len(unreadable),
+                       "; ".join(f"{shards.urls[i]} ({why})" for i, why in list(unreadable.items())[:5]))
+    empty = [shards.urls[i] for i in missing if counts[i] == 0]
+    if empty and announce:
+        logger.warning("%d shard(s) hold no sample: %s", len(empty), ", ".join(empty[:5]))
     if announce:
         folders = sorted({(shards.sources or shards.urls)[i] for i in missing})
         logger.warning("counted the samples of %d shard(s) without a manifest from their tar headers in %.1f s "
                        "(%d samples); `sslvit shards index %s` writes a manifest.json that avoids this",
                        len(missing), time.monotonic() - started, sum(counts[i] or 0 for i in missing),
                        folders[0] if len(folders) == 1 else "FOLDER")
-    return replace(shards, counts=counts)
+    keep = [i for i in range(len(shards.urls)) if i not in unreadable]
+    if not keep:
+        raise InputError(f"no readable shard among {len(shards.urls)}: "
+                         + "; ".join(f"{shards.urls[i]} ({why})" for i, why in list(unreadable.items())[:5]))
+    sources = [shards.sources[i] for i in keep] if shards.sources is not None else None
+    return replace(shards, urls=[shards.urls[i] for i in keep], counts=[counts[i] for i in keep], sources=sources)
 
 
 class EpochPlanner:
@@ -208,15 +225,17 @@ class StreamLoader:
             if samples_per_epoch is None and shards.complete:
                 samples_per_epoch = shards.num_samples
             if samples_per_epoch is None:
-                raise ValueError(f"{cfg.mode} mode without manifest counts needs samples_per_epoch "
+                raise InputError(f"{cfg.mode} mode without manifest counts needs samples_per_epoch "
                                  f"(no manifest found for {shards.urls[:2]}...)")
             self.num_samples = int(samples_per_epoch)
             views = self.num_samples * cfg.repeats
             self.num_batches = views // G if cfg.drop_last else math.ceil(views / G)
         self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control)
         if self.num_batches <= 0:
-            raise ValueError(f"no full batch: {self.num_samples} samples, global micro-batch {G} (batch_size "
-                             f"{cfg.batch_size} x world_size {cfg.world_size}), drop_last={cfg.drop_last}")
+            where = sorted(set(shards.sources or shards.urls))
+            raise InputError(f"no full batch: {self.num_samples} samples in {', '.join(where[:3])}, global "
+                             f"micro-batch {G} (batch_size {cfg.batch_size} x world_size {cfg.world_size}), "
+                             f"drop_last={cfg.drop_last}")
 
     def __len__(self) -> int:
         return self.num_batches
@@ -236,6 +255,13 @@ class StreamLoader:
     def plan(self, epoch: int) -> EpochPlan:
         """Which parts every logical stream reads in ``epoch`` (same computation on every rank)."""
         return EpochPlanner(self.shards, self.cfg, self.num_batches)(epoch)
+
+    def close(self) -> None:
+        """Stop the reader processes now (a later pass starts new ones)."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         """The readers' partial batches of one pass; persistent workers are started once and told
@@ -315,8 +341,9 @@ class StreamLoader:
             if expected == self.num_batches:
                 self.stats = dict(counts)
                 if counts:
+                    lost = sum(n for reason, n in counts.items() if reason not in LOST_SAMPLES)
                     logger.warning("rank %d epoch %d done: skipped %d samples by reason %s", self.cfg.rank,
-                                   epoch, sum(counts.values()), self.stats)
+                                   epoch, lost, self.stats)
             yield batch
         self._check_pass(this_pass, epoch)
         if expected != self.num_batches:

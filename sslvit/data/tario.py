@@ -10,7 +10,9 @@ match the writer's counts.
 
 A shard that cannot be opened counts as ``unreadable_shard``; one that ends early (a tar error, or
 fewer samples than its manifest count) as ``truncated_tar``; the samples read before the damage
-are kept and the sample being read when it happened is dropped.
+are kept and the sample being read when it happened is dropped. Where the manifest gives the
+shard's count, the samples lost with it are counted too (``unreadable_shard_samples``,
+``truncated_tar_samples``): those two reasons count shards, the others samples.
 
 Uncompressed tars (what the shard writers make) are read by parsing their 512-byte headers
 directly (ustar with its prefix field, GNU long names, pax ``path``/``size`` records; checksums
@@ -34,6 +36,9 @@ WANTED = frozenset(IMAGE_EXTENSIONS + LABEL_EXTENSIONS + ("json",))
 _SPLIT = {"first": re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$"),
           "last": re.compile(r"^((?:.*/|)[^/]*[^./][^/]*?)[.]([^./]+)$")}
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+
+# shard-level reasons -> the reason counting the samples the shards held (their manifest counts)
+LOST_SAMPLES = {"unreadable_shard": "unreadable_shard_samples", "truncated_tar": "truncated_tar_samples"}
 
 
 @dataclass
@@ -297,6 +302,8 @@ def _iter_shard(url: str, errors: Counter, expected: int | None, report: bool, w
         _close(stream)
         if report:
             errors["unreadable_shard"] += 1
+            if expected:
+                errors[LOST_SAMPLES["unreadable_shard"]] += expected
         return
     current: RawSample | None = None
     index = 0
@@ -316,6 +323,7 @@ def _iter_shard(url: str, errors: Counter, expected: int | None, report: bool, w
             index += 1
         if report and expected is not None and index < expected:
             errors["truncated_tar"] += 1
+            errors[LOST_SAMPLES["truncated_tar"]] += expected - index
     except _Unsupported:
         raise
     except _READ_ERRORS:

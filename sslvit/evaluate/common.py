@@ -22,6 +22,7 @@ from torch import nn
 from sslvit import config as config_lib
 from sslvit.checkpoint import hub_repo_id, load_checkpoint
 from sslvit.config import opt, source_comments
+from sslvit.config.sections import MAX_SIDE
 from sslvit.models import resolve_model_name
 
 
@@ -39,21 +40,24 @@ class EvalConfig:
                          "comma list), 'hf:NAME[:SPLIT]' or a built-in split (fashion-mnist:train, "
                          "digits:train); '' = the built-in digits train split")
     val: str = opt("", "validation split, same forms as --train; '' = the built-in digits val split")
-    digits_image_size: int = opt(32, "side of the built-in digits corpus images")
-    image_size: int | None = opt(None, "side of the images fed to the encoder; null = the encoder's own")
-    crop_pct: float = opt(0.875, "eval transform: resize the shorter side to image_size / crop_pct, centre crop")
+    digits_image_size: int = opt(32, "side of the built-in digits corpus images", ge=1, le=MAX_SIDE)
+    image_size: int | None = opt(None, "side of the images fed to the encoder; null = the encoder's own", ge=1,
+                                 le=MAX_SIDE)
+    crop_pct: float = opt(0.875, "eval transform: resize the shorter side to image_size / crop_pct, centre crop",
+                          gt=0, le=1)
     mean: tuple[float, float, float] | None = opt(None, "pixel mean in [0,1]; null = the checkpoint's "
-                                                         "run config, else the data manifest, else ImageNet's")
-    std: tuple[float, float, float] | None = opt(None, "pixel std in [0,1]; null = as for --mean")
+                                                         "run config, else the data manifest, else ImageNet's",
+                                                         ge=0, le=1)
+    std: tuple[float, float, float] | None = opt(None, "pixel std in [0,1]; null = as for --mean", gt=0, le=1)
     pool: Literal["auto", "token", "avg", "token+avg"] = opt("auto", "feature of one block: class token, "
                                                            "average of patch tokens, or both concatenated; "
                                                            "auto = the encoder's own pooling")
-    last_k: int = opt(1, "concatenate the pooled features of the last k blocks (each after the final norm)")
-    batch_size: int = opt(128, "images per process per batch during feature extraction")
-    num_workers: int = opt(2, "data loader worker processes")
+    last_k: int = opt(1, "concatenate the pooled features of the last k blocks (each after the final norm)", ge=1)
+    batch_size: int = opt(128, "images per process per batch during feature extraction", ge=1)
+    num_workers: int = opt(2, "data loader worker processes; 0 = load in the main process", ge=0)
     out_dir: str = opt("", "where the metrics JSON and the feature cache go; '' = <checkpoint dir>/eval")
     cache: bool = opt(True, "reuse cached features (keyed by checkpoint sha256 + data + options)")
-    seed: int = opt(0, "random seed (probe initialisation, batch order, held-out split)")
+    seed: int = opt(0, "random seed (probe initialisation, batch order, held-out split)", ge=0, le=2**32 - 1)
 
 
 def field_help(cls: type, prefix: str = "", extra: dict[str, str] | None = None, defaults: Any = None) -> str:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -25,8 +28,9 @@ from sslvit.data.hf import resolve_spec
 from sslvit.data.stats import normalization
 from sslvit.data.stream import build_loader
 from sslvit.data.transforms import eval_transform
+from sslvit.errors import InputError
 from sslvit.evaluate.common import EvalConfig, encoder_image_size, load_encoder, output_dir
-from sslvit.progress import progress
+from sslvit.progress import progress, say
 from sslvit.training.data import default_shards
 
 
@@ -102,6 +106,16 @@ def gather_rows(accelerator: Accelerator, t: torch.Tensor, chunk: int = 65536) -
         for rank, rows in enumerate(piece.chunk(accelerator.num_processes)):
             parts[rank].append(rows)
     return torch.cat([torch.cat(p) for p in parts])
+
+
+def samples_read(loader: Any, read: int, accelerator: Accelerator) -> dict[str, Any]:
+    """What one pass of ``loader`` gave: the samples it should hold (its counts), those read and
+    the skipped ones by reason (every rank's together; a lost shard counts the samples its manifest
+    gave it as ``unreadable_shard_samples``)."""
+    skipped: Counter = Counter(loader.stats or {})
+    if accelerator.num_processes > 1:
+        skipped = sum((Counter(s) for s in gather_object([dict(skipped)])), Counter())
+    return {"expected": loader.num_samples, "read": read, "skipped": dict(sorted(skipped.items()))}
 
 
 def _image_hw(encoder: nn.Module) -> tuple[int, int]:
@@ -190,17 +204,26 @@ def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None)
         if cfg.cache and _everyone_has(accelerator, path):
             tensors = load_file(str(path))
             out[split] = {"x": tensors["x"], "y": tensors["y"]}
+            with safe_open(str(path), framework="pt") as f:
+                samples = (f.metadata() or {}).get("sslvit.samples")
+            if samples:
+                out["describe"]["data"][f"{split}_samples"] = json.loads(samples)
             continue
         loader = make_eval_loader(spec, image_size, cfg.batch_size, cfg.num_workers, accelerator, cfg.crop_pct)
         x, y = extract_features(encoder, loader, mean, std, cfg.pool, cfg.last_k, accelerator, f"features {split}")
+        out["describe"]["data"][f"{split}_samples"] = read = samples_read(loader, x.shape[0], accelerator)
+        if read["skipped"]:
+            say(f"warning: the {split} split {spec} gave {read['read']} of its {read['expected']} samples; "
+                f"skipped by reason: {read['skipped']}")
         if x.shape[0] == 0:
-            raise ValueError(f"{split} split {spec!r} gave no labelled samples")
+            raise InputError(f"{split} split {spec!r} gave no labelled samples")
         out[split] = {"x": x, "y": y}
         if cfg.cache and accelerator.is_main_process:
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({"x": x.contiguous(), "y": y.contiguous()}, str(tmp),
-                      metadata={"sslvit.features": json.dumps({**identity, **options})})
+                      metadata={"sslvit.features": json.dumps({**identity, **options}),
+                                "sslvit.samples": json.dumps(read)})
             tmp.replace(path)
         accelerator.wait_for_everyone()
     return out

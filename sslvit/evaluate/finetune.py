@@ -35,6 +35,7 @@ from sslvit.config import (
     ObjectiveConfig,
     OptimConfig,
     TrainConfig,
+    check_tree,
 )
 from sslvit.data.hf import resolve_spec
 from sslvit.data.stream import load_manifest
@@ -60,11 +61,13 @@ class FinetuneOptions:
 
     checkpoint: str = opt("", "pretrained encoder: sslvit .safetensors or a plain ViT state dict "
                               "(.safetensors / .pth); model.name names its variant when not inferable")
-    eval_batch_size: int = opt(128, "images per process per validation batch")
-    eval_crop_pct: float = opt(0.875, "validation transform: resize to image_size / crop_pct, centre crop")
+    eval_batch_size: int = opt(128, "images per process per validation batch", ge=1)
+    eval_crop_pct: float = opt(0.875, "validation transform: resize to image_size / crop_pct, centre crop",
+                                gt=0, le=1)
     rand_augment: str = opt("rand-m9-mstd0.5-inc1", "training RandAugment in timm's syntax (rand-m<magnitude>-"
                                                     "n<ops>-mstd<std>-inc<0|1>-p<prob>); '' = off")
-    reprob: float = opt(0.25, "training random-erasing probability (one rectangle of per-pixel noise); 0 = off")
+    reprob: float = opt(0.25, "training random-erasing probability (one rectangle of per-pixel noise); 0 = off",
+                         ge=0, le=1)
 
 
 @dataclass
@@ -145,6 +148,8 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     the encoder (its new head initialised from ``train.seed``) and a description of the inputs
     (checkpoint path + sha256, data specs).
     """
+    for section in dataclasses.fields(cfg):  # what loading the config checks, for one built in code
+        check_tree(getattr(cfg, section.name), section.name)
     if not cfg.finetune.checkpoint:
         raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
     if not objective_class(cfg.objective.name).needs_labels:

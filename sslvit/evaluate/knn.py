@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
+from sslvit.config import check_tree
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
 from sslvit.evaluate.features import features_for_config
 from sslvit.progress import progress
@@ -23,9 +24,9 @@ from sslvit.progress import progress
 class KnnConfig(EvalConfig):
     """Options of ``sslvit knn``."""
 
-    k: int = opt(20, "neighbours per query")
-    temperature: float = opt(0.07, "T in the neighbour weight exp(cosine similarity / T)")
-    chunk: int = opt(1024, "queries compared with the training set at once")
+    k: int = opt(20, "neighbours per query", ge=1)
+    temperature: float = opt(0.07, "T in the neighbour weight exp(cosine similarity / T)", gt=0)
+    chunk: int = opt(1024, "queries compared with the training set at once", ge=1)
 
 
 def knn_scores(
@@ -82,8 +83,10 @@ def knn_evaluate(
 def run_knn(cfg: KnnConfig) -> dict[str, Any]:
     """Extract (or reuse) features of both splits and write ``<out_dir>/knn.json``.
 
-    Returns the metrics dict (on every process; only the main process writes the file).
+    Returns the metrics dict (on every process; only the main process writes the file). Values out
+    of their ranges are refused (``ConfigError``) before any work.
     """
+    check_tree(cfg)
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 
+from sslvit.config import check_tree
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
 from sslvit.evaluate.features import features_for_config
-from sslvit.progress import progress
+from sslvit.progress import progress, say
 
 
 @dataclass
@@ -29,13 +30,14 @@ class ProbeConfig(EvalConfig):
     """Options of ``sslvit probe``."""
 
     lrs: tuple[float, ...] = opt((0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "base learning rates swept (SGD, "
-                                                                    "scaled by probe_batch_size / 256)")
-    weight_decays: tuple[float, ...] = opt((0.0, 1e-4, 1e-3), "weight decays swept")
-    epochs: int = opt(100, "passes over the cached training features")
-    warmup_epochs: int = opt(10, "linear learning-rate warmup, then cosine decay to 0")
-    probe_batch_size: int = opt(256, "features per SGD step")
-    momentum: float = opt(0.9, "SGD momentum")
-    holdout_fraction: float = opt(0.1, "share of each training class held out to choose the sweep point")
+                                                                    "scaled by probe_batch_size / 256)", gt=0)
+    weight_decays: tuple[float, ...] = opt((0.0, 1e-4, 1e-3), "weight decays swept", ge=0)
+    epochs: int = opt(100, "passes over the cached training features", ge=1)
+    warmup_epochs: int = opt(10, "linear learning-rate warmup, then cosine decay to 0", ge=0)
+    probe_batch_size: int = opt(256, "features per SGD step", ge=1)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    holdout_fraction: float = opt(0.1, "share of each training class held out to choose the sweep point; "
+                                       "0 = none: the sweep's first lr and weight decay are used", ge=0, lt=1)
     refit: bool = opt(True, "retrain the chosen head on the whole training split before validation")
 
 
@@ -155,6 +157,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ProbeConf
         best = max(range(len(grid)), key=lambda h: (sweep[h]["holdout_top1"], -sweep[h]["holdout_loss"]))
     else:
         best = 0
+        if len(grid) > 1:
+            say(f"probe: no held-out training features (holdout_fraction={cfg.holdout_fraction}), so the "
+                f"sweep's first point is used unchosen: lr {grid[0][0]}, weight decay {grid[0][1]}")
     lr, wd = grid[best]
     if cfg.refit:
         chosen = train_heads(x, y, num_classes, lrs[best : best + 1], wds[best : best + 1], cfg, "probe refit").head(0)
@@ -171,8 +176,10 @@ def evaluate_probe(probe: StackedProbe, x: torch.Tensor, y: torch.Tensor) -> dic
 def run_linear_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Extract (or reuse) features, fit the probe on the training split, report the validation split.
 
-    Writes ``<out_dir>/linear_probe.json`` from the main process and returns the metrics dict.
+    Writes ``<out_dir>/linear_probe.json`` from the main process and returns the metrics dict. Values
+    out of their ranges are refused (``ConfigError``) before any work.
     """
+    check_tree(cfg)
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sslvit.errors import InputError
+
 __all__ = ["PublishError", "check_repo_id"]
 
 
-class PublishError(ValueError):
+class PublishError(InputError):
     """Publishing or loading cannot go on; the message says what is wrong and how to fix it."""
 
 

@@ -78,6 +78,8 @@ def read_encoder(path: str | Path) -> ReadEncoder:
         )
     try:
         config = meta.get("model") or {**infer_model_config(state), "arch": None}
+        if not isinstance(config, dict):
+            raise CheckpointError(f"its sslvit.model metadata is not a mapping of model options: {str(config)[:100]}")
         model = build_model(config)
         load_strict(model, strip_prefixes(state), str(path))
     except (CheckpointError, TypeError, ValueError, KeyError) as err:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
 
+from sslvit.errors import InputError
 from sslvit.models.encoder import CAPABILITIES, Encoder
 from sslvit.models.vit import SIZES, VisionTransformer
 
@@ -111,11 +113,19 @@ def create_model(name: str, **overrides: Any) -> Encoder:
 
 
 def build_model(config: dict[str, Any]) -> Encoder:
-    """Rebuild an encoder from ``get_config()`` (a JSON-ready dict with ``family``; none = ``vit``)."""
+    """Rebuild an encoder from ``get_config()`` (a JSON-ready dict with ``family``; none = ``vit``).
+
+    An unknown family is a ``KeyError``; options the family does not take are an
+    :class:`~sslvit.errors.InputError` naming them."""
     config = dict(config)
     family = config.pop("family", "vit") or "vit"
     if family not in FAMILIES:
         raise KeyError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    takes = inspect.signature(FAMILIES[family].__init__).parameters
+    unknown = sorted(k for k in config if k not in takes)
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values()):
+        raise InputError(f"model config: the {family} family takes no option {', '.join(map(repr, unknown))}; "
+                         f"it takes: {', '.join(k for k in takes if k != 'self')}")
     return FAMILIES[family](**config)
 
 

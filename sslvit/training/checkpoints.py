@@ -14,6 +14,7 @@ file (:func:`validate_checkpoint`); choosing which one to resume from is :mod:`s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,7 +26,9 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from sslvit.errors import InputError, StorageError
 from sslvit.files import sha256_file
+from sslvit.progress import say
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
@@ -33,7 +36,7 @@ RNG_FILE = "random_states_{rank}.pkl"
 STATE_KEYS = ("step", "micro_batch", "world_size", "nonfinite_skipped")
 RECORD_KEYS = ("config", "shards", "files")
 
-class ResumeError(RuntimeError):
+class ResumeError(InputError):
     """A checkpoint to resume from is missing, partial, corrupt or belongs to another setup."""
 
 
@@ -125,15 +128,40 @@ def save_training_state(
 
     The main process records the sha256 of every file accelerate wrote in ``trainer_state.json``
     together with ``record``; files are flushed to disk before the directory gets its final name.
+    When the disk fills up on any rank, the partial directory is removed and, if ``keep_last`` would
+    prune older checkpoints anyway (and one stays), they are pruned first and the write is tried
+    once more; otherwise :class:`~sslvit.errors.StorageError` says where, how much and what the
+    last good checkpoint is.
     """
     final = checkpoint_dir(run_dir, state.step)
     tmp = final.with_name(f".tmp-{final.name}")
+    for attempt in (1, 2):
+        if accelerator.is_main_process:
+            for stale in final.parent.glob(".tmp-*") if final.parent.is_dir() else []:
+                shutil.rmtree(stale)
+            for stale in final.parent.glob(".del-*") if final.parent.is_dir() else []:
+                shutil.rmtree(stale)
+        accelerator.wait_for_everyone()
+        failure = attempt_on_every_rank(accelerator, lambda: _write_state(accelerator, tmp, state, record))
+        if failure is None:
+            break
+        pruned = _make_room(accelerator, run_dir, tmp, keep_last, failure, attempt)
+        if not pruned:
+            raise _storage_error(run_dir, state.step, tmp, failure)
     if accelerator.is_main_process:
-        for stale in final.parent.glob(".tmp-*") if final.parent.is_dir() else []:
-            shutil.rmtree(stale)
-        for stale in final.parent.glob(".del-*") if final.parent.is_dir() else []:
-            shutil.rmtree(stale)
+        if final.exists():
+            _remove(final)
+        tmp.rename(final)
+        _fsync(final.parent)
+        if keep_last > 0:
+            for old in list_checkpoints(run_dir)[:-keep_last]:
+                _remove(old)
     accelerator.wait_for_everyone()
+    return final
+
+
+def _write_state(accelerator: Accelerator, tmp: Path, state: TrainerState, record: RunRecord | None) -> None:
+    """accelerate's files into ``tmp`` (every rank), then the main process's ``trainer_state.json``."""
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -145,15 +173,83 @@ def save_training_state(
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2))
         for p in [*files.values(), tmp / STATE_FILE, tmp]:
             _fsync(p)
-        if final.exists():
-            _remove(final)
-        tmp.rename(final)
-        _fsync(final.parent)
-        if keep_last > 0:
-            for old in list_checkpoints(run_dir)[:-keep_last]:
-                _remove(old)
+
+
+def attempt_on_every_rank(accelerator: Accelerator, write: Any) -> BaseException | None:
+    """Run ``write``; the first rank's error that looks like a write failure, shared by every rank
+    (so no rank waits on one that gave up), or None."""
+    failure: BaseException | None = None
+    try:
+        write()
+    except (OSError, RuntimeError) as err:  # torch reports ENOSPC as "RuntimeError: ... unexpected pos"
+        failure = err
+    failed = torch.tensor([int(failure is not None)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, reduction="max")
+    if failed.item() and failure is None:
+        failure = OSError(errno.ENOSPC, "another process could not write its part")
+    return failure
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def is_disk_full(err: BaseException, free: int, needed: int) -> bool:
+    """Whether a failed write ran out of space: its errno says so, or fewer bytes are free than it needed."""
+    return (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or free < needed \
+        or "No space left" in str(err)
+
+
+def _needed(run_dir: Path, tmp: Path) -> int:
+    """About what a checkpoint takes: the newest written one, else what the failed one got to."""
+    done = list_checkpoints(run_dir)
+    return tree_bytes(done[-1]) if done else tree_bytes(tmp)
+
+
+def _make_room(accelerator: Accelerator, run_dir: Path, tmp: Path, keep_last: int, failure: BaseException,
+               attempt: int) -> bool:
+    """After a failed write: remove the partial ``tmp``; on the first disk-full failure, prune the
+    checkpoints ``keep_last`` would drop after this one (keeping at least one) and say so. Returns
+    whether a retry may help; a failure that is not a full disk is raised as it was."""
+    needed = _needed(run_dir, tmp)
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(run_dir).free
+    if not is_disk_full(failure, free, needed):
+        raise failure
+    done = list_checkpoints(run_dir)
+    drop = done[: len(done) - keep_last + 1] if keep_last > 1 and len(done) >= keep_last else []
+    if attempt > 1 or not drop:
+        return False
+    if accelerator.is_main_process:
+        for old in drop:
+            _remove(old)
+        say(f"no space left for the next checkpoint in {run_dir / 'checkpoints'} ({size_text(free)} free, about "
+            f"{size_text(needed)} needed): pruned {', '.join(d.name for d in drop)} first (train.keep_last="
+            f"{keep_last}) and writing it again")
     accelerator.wait_for_everyone()
-    return final
+    return True
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes in words: ``512 B``, ``3.4 MB``."""
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            break
+        n /= 1024
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def _storage_error(run_dir: Path, step: int, tmp: Path, failure: BaseException) -> StorageError:
+    done = list_checkpoints(run_dir)
+    free, needed = shutil.disk_usage(run_dir).free, _needed(run_dir, tmp)
+    last = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint of this run was written before"
+    return StorageError(f"no space left to write the checkpoint of step {step} in {run_dir / 'checkpoints'}: "
+                        f"about {size_text(needed)} needed, {size_text(free)} free ({failure}); the partial "
+                        f"{tmp.name} was removed; {last}")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list
 
 from sslvit.config import ConfigError
+from sslvit.errors import InputError
 from sslvit.files import METRICS_FILE, OBJECTIVE_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from sslvit.training.config import RunConfig
 
 
-class LaunchError(RuntimeError):
+class LaunchError(InputError):
     """The processes that were started are not the ones that were asked for."""
 
 
@@ -86,11 +88,19 @@ def check_launch(state: PartialState) -> None:
         )
 
 
-def start_processes() -> PartialState:
-    """Join the process group (gloo on CPU when no GPU is present) and check the launch."""
-    state = PartialState(cpu=not torch.cuda.is_available())
+def start_processes(timeout_s: float | None = None) -> tuple[PartialState, str]:
+    """Join the process group (gloo on CPU when no GPU is present) with collectives that give up
+    on a silent process after ``timeout_s`` seconds, and check the launch. Returns the state and a
+    phrase for the run line ("" for one process)."""
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s and not joined else {}
+    state = PartialState(cpu=not torch.cuda.is_available(), **kwargs)
     check_launch(state)
-    return state
+    if state.num_processes == 1:
+        return state, ""
+    if joined:
+        return state, "collective timeout as set by the code that started the process group"
+    return state, f"collectives give up after {timeout_s:g} s (train.dist_timeout_s)"
 
 
 # ---------------------------------------------------------------- what decides the accelerator's options

@@ -10,6 +10,7 @@ arrive as hooks from the caller.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -18,11 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.errors import Preempted
 from sslvit.progress import progress, say
-from sslvit.training.checkpoints import TrainerState, all_finite
+from sslvit.training.checkpoints import TrainerState, all_finite, checkpoint_dir
 from sslvit.training.config import RunConfig
 from sslvit.training.nonfinite import NonFiniteSkips, nonfinite_flag, raise_nonfinite_weights
 from sslvit.training.optim import set_lr
+from sslvit.training.preempt import PreemptionWatch
 from sslvit.training.run import (
     EpochContext,
     Run,
@@ -76,6 +79,19 @@ def end_epoch(run: Run, callback: EpochHook | None, epoch: int, step: int) -> No
         write_metrics(run.accelerator, run.run_dir, step, {"epoch": epoch, **values})
 
 
+def stop_preempted(run: Run, state: TrainerState, bar: Any, preempt: PreemptionWatch, saved: bool) -> None:
+    """Write the checkpoint of ``state`` (unless this step's was just ``saved``), shut the loader
+    down and raise :class:`~sslvit.errors.Preempted` saying where to resume from."""
+    if not saved:
+        save_checkpoint(run, state, bar)
+    bar.close()
+    run.loader.close()
+    waited = time.monotonic() - (preempt.since or time.monotonic())
+    raise Preempted(f"stopped on {preempt.signal} after step {state.step} of {run.schedule.total_steps} "
+                    f"({waited:.1f} s after the signal): checkpoint {checkpoint_dir(run.run_dir, state.step)}; "
+                    f"continue with train.name={run.run_dir.name} train.resume=latest")
+
+
 def train(
     cfg: RunConfig,
     encoder: nn.Module | None = None,
@@ -92,13 +108,15 @@ def train(
     ``hooks`` run after each step and log what they return (online evaluation:
     :class:`sslvit.evaluate.online.OnlineEvalHook`). ``desc`` labels the progress bar.
     """
-    run = prepare_run(cfg, encoder, hooks)
-    return finish_run(run, run_steps(run, on_epoch_end, on_step_end, desc))
+    with PreemptionWatch(cfg.train.preempt_grace_s) as preempt:
+        run = prepare_run(cfg, encoder, hooks)
+        return finish_run(run, run_steps(run, on_epoch_end, on_step_end, desc, preempt))
 
 
 def run_steps(run: Run, on_epoch_end: EpochHook | None, on_step_end: Callable[[int], None] | None,
-              desc: str) -> TrainerState:
-    """The step loop, from ``run.start`` to the last step; returns the final state."""
+              desc: str, preempt: PreemptionWatch | None = None) -> TrainerState:
+    """The step loop, from ``run.start`` to the last step; returns the final state. A preemption
+    (``preempt``) ends it after a step with that step's checkpoint (:func:`stop_preempted`)."""
     cfg, accelerator, objective, optimizer = run.cfg, run.accelerator, run.objective, run.optimizer
     total, accum, state = run.schedule.total_steps, run.accum, run.start
     stream = batches(run.loader, state.micro_batch)
@@ -140,6 +158,8 @@ def run_steps(run: Run, on_epoch_end: EpochHook | None, on_step_end: Callable[[i
             save_checkpoint(run, state, bar)
         if on_step_end is not None:
             on_step_end(state.step)
+        if preempt is not None and preempt.requested(accelerator):
+            stop_preempted(run, state, bar, preempt, saved=due_ckpt)
         retuned = tuner.update()
         if retuned is not None:
             say(retuned)

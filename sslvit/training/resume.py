@@ -59,6 +59,8 @@ NEUTRAL_KEYS = frozenset(
         "train.eval_every",
         "train.eval_probe",
         "train.threads",
+        "train.preempt_grace_s",
+        "train.dist_timeout_s",
     }
 )
 JUDGED_KEYS = frozenset({"data.batch_size", "data.train_shards"})

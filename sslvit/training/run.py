@@ -9,8 +9,10 @@ Outputs land in ``run_dir``: ``config.yaml``, ``metrics.jsonl``, TensorBoard log
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,11 +25,22 @@ from torch import nn
 
 from sslvit import config as config_lib
 from sslvit.checkpoint import save_model
+from sslvit.errors import StorageError
 from sslvit.files import METRICS_FILE, OBJECTIVE_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from sslvit.models import create_model
 from sslvit.objectives import build_objective
 from sslvit.progress import say
-from sslvit.training.checkpoints import ResumeError, RunRecord, TrainerState, all_finite, save_training_state
+from sslvit.training.checkpoints import (
+    ResumeError,
+    RunRecord,
+    TrainerState,
+    all_finite,
+    attempt_on_every_rank,
+    is_disk_full,
+    list_checkpoints,
+    save_training_state,
+    size_text,
+)
 from sslvit.training.config import RunConfig
 from sslvit.training.data import TrainData, resolve_train_data
 from sslvit.training.launch import (
@@ -185,9 +198,11 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
     directory, the accelerator, encoder, objective, loader, optimizer and schedule, the run's files
     and trackers, the resumed state; then the run line. ``encoder`` replaces the one ``cfg.model``
     would build (fine-tuning)."""
+    for section in dataclasses.fields(cfg):  # what loading the config checks, for one built in code
+        config_lib.check_tree(getattr(cfg, section.name), section.name)
     if encoder is None:
         check_model_config(cfg)
-    processes = start_processes()
+    processes, timeout_note = start_processes(cfg.train.dist_timeout_s)
     plan = fit_threads(cfg)
     say(apply_threads(plan))  # before any torch work: intra-op + loader workers fit the cores
     options = resolve_launch_options(cfg)
@@ -226,7 +241,8 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
         load_resume(accelerator, resume, cfg.train.seed)
     say(f"run {run_dir} | {world} process(es) on {accelerator.device} | {data.num_samples} samples, "
         f"{len(loader)} batches/epoch/rank, {schedule.total_steps} steps, global batch {global_batch}, "
-        f"peak lr {schedule.peak_lr:.3g} | {options.describe()}" + "".join(f" | {d}" for d in described))
+        f"peak lr {schedule.peak_lr:.3g} | {options.describe()}"
+        + "".join(f" | {d}" for d in [*described, timeout_note] if d))
     flops = plain.flops_per_image() if hasattr(plain, "flops_per_image") else None
     return Run(cfg, accelerator, prepared, plain, optimizer, loader, data, run_dir, record, start, schedule,
                options.grad_accum, plan, tuple(hooks), flops)
@@ -250,20 +266,29 @@ def finish_run(run: Run, state: TrainerState) -> RunResult:
     steps = torch.tensor([state.step], device=accelerator.device)
     per_rank = accelerator.gather(steps).tolist()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def write() -> None:
+        if not accelerator.is_main_process:
+            return
         encoder = objective.encoder
         normalization = {"mean": list(run.data.mean), "std": list(run.data.std)}
         extra = {"objective": resolved["objective"], "normalization": normalization, "config": resolved}
         save_model(encoder, model_path, encoder.get_config(), kind="encoder", extra=extra)
         save_model(objective, objective_path, encoder.get_config(), kind="objective", extra=extra)
-        summary = {
-            "steps": state.step,
-            "world_size": accelerator.num_processes,
-            "steps_per_rank": per_rank,
-            "model": str(model_path),
-            "objective": str(objective_path),
-        }
+        summary = {"steps": state.step, "world_size": accelerator.num_processes, "steps_per_rank": per_rank,
+                   "model": str(model_path), "objective": str(objective_path)}
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+
+    failure = attempt_on_every_rank(accelerator, write)
+    if failure is not None:
+        needed = 2 * sum(p.numel() * p.element_size() for p in objective.state_dict().values())
+        free = shutil.disk_usage(run_dir).free
+        if not is_disk_full(failure, free, needed):
+            raise failure
+        done = list_checkpoints(run_dir)
+        last = f"the last good checkpoint is {done[-1]}" if done else "the run wrote no checkpoint"
+        raise StorageError(f"no space left to write the final model in {run_dir}: about {size_text(needed)} "
+                           f"needed, {size_text(free)} free ({failure}); {last}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(run_dir, model_path, objective_path, state.step, {"steps_per_rank": per_rank})

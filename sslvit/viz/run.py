@@ -12,6 +12,7 @@ from sslvit.config import from_dict
 from sslvit.data import build_loader, ensure_digits_shards, eval_transform
 from sslvit.data.stats import normalization
 from sslvit.data.transforms import normalize
+from sslvit.errors import InputError
 from sslvit.files import OBJECTIVE_FILE
 from sslvit.models import build_model
 from sslvit.objectives import build_objective, config_class
@@ -26,7 +27,12 @@ def load_objective(path: str | Path, mean: list[float], std: list[float]) -> nn.
             f"{path} is not an sslvit objective checkpoint (metadata sslvit.kind != 'objective')"
         )
     cfg = from_dict(meta["objective"], cls=config_class(meta["objective"].get("name", "")))
-    objective = build_objective(cfg, build_model(meta["model"]), mean, std)
+    try:
+        encoder = build_model(meta["model"])
+    except (InputError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: its sslvit.model metadata does not build a model: "
+                         f"{err.args[0] if err.args else err}") from None
+    objective = build_objective(cfg, encoder, mean, std)
     state, _ = read_state_dict(path)
     load_strict(objective, state, str(path))
     return objective.eval()

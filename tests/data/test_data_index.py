@@ -63,7 +63,7 @@ def test_dotted_keys_reported_and_grouped_with_key_dot_last(tmp_path):
     assert sorted(keys) == [f"img.{i:04d}" for i in range(9)]
 
 
-def test_remote_shards_need_out_and_the_manifest_lists_their_urls(tmp_path):
+def test_remote_shards_need_out_and_the_manifest_lists_their_urls(tmp_path, monkeypatch):
     shards = tmp_path / "shards"
     keys = write_wds_shards(shards, 14, per_shard=5)
     spec = f"pipe:cat {shards}/wds-{{000000..000002}}.tar"
@@ -74,6 +74,9 @@ def test_remote_shards_need_out_and_the_manifest_lists_their_urls(tmp_path):
     assert manifest["shards"][0]["name"] == "wds-000000.tar"
     assert manifest["shards"][0]["url"] == f"pipe:cat {shards}/wds-000000.tar"
     assert manifest["shards"][0]["sha256"] == sha256_file(shards / "wds-000000.tar")
+    with pytest.raises(ValueError, match="SSLVIT_TRUSTED_MANIFESTS="):  # its commands run only once trusted
+        build_loader(tmp_path / "index", batch_size=2, transform=None)
+    monkeypatch.setenv("SSLVIT_TRUSTED_MANIFESTS", str(tmp_path / "index" / "manifest.json"))
     ranks = [build_loader(tmp_path / "index", batch_size=2, transform=None, num_workers=1, rank=r, world_size=2,
                           return_meta=True) for r in range(2)]
     seen = Counter(k for loader in ranks for b in loader for k, v in zip(b["key"], b["valid"], strict=True) if v)

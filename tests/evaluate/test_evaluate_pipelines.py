@@ -26,7 +26,9 @@ def test_probe_then_knn_on_digits_share_the_feature_cache(pico_checkpoint, digit
     assert len(calls) == 2  # train + val extracted once
     saved = json.loads((tmp_path / "eval" / "linear_probe.json").read_text())
     assert saved["checkpoint"]["sha256"] == sha256_file(pico_checkpoint)
-    assert saved["data"] == {"train": digits["train"], "val": digits["val"]}
+    assert saved["data"] == {"train": digits["train"], "val": digits["val"],
+                             "train_samples": {"expected": 1437, "read": 1437, "skipped": {}},
+                             "val_samples": {"expected": 360, "read": 360, "skipped": {}}}
     assert saved["num_train"] == 1437 and saved["num_val"] == 360 and saved["num_classes"] == 10
     assert saved["chosen"]["lr"] in (0.1, 1.0) and saved["val_top1"] == probe["val_top1"]
     assert 20.0 < saved["val_top1"] <= 100.0  # far above chance (10%) even for a random encoder

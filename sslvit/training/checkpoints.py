@@ -187,7 +187,7 @@ def attempt_on_every_rank(accelerator: Accelerator, write: Any) -> BaseException
     if accelerator.num_processes > 1:
         failed = accelerator.reduce(failed, reduction="max")
     if failed.item() and failure is None:
-        failure = OSError(errno.ENOSPC, "another process could not write its part")
+        failure = OSError("another process could not write its part (its own error says why)")
     return failure
 
 

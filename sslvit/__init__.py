@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sslvit.version import __version__
 
 __all__ = ["create_model", "load_checkpoint", "save_model", "from_pretrained", "__version__"]
 

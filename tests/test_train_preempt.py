@@ -36,7 +36,8 @@ def on_step_end(step):
         pids = [p.pid for p in psutil.Process().children(recursive=True)]
         with open(os.environ["PIDS_FILE"], "w") as f:
             json.dump(pids, f)
-        os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
+        for _ in range(int(os.environ.get("TIMES", "1"))):
+            os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
         time.sleep(float(os.environ.get("HANG_S", "0")))
 
 try:
@@ -105,6 +106,14 @@ def test_a_step_that_outlasts_the_grace_ends_without_its_checkpoint(shards, tmp_
     assert _alive(json.loads((tmp_path / "late.pids").read_text())) == []
 
 
+def test_a_second_sigint_stops_at_once_without_a_checkpoint(shards, tmp_path):
+    twice = _run(tmp_path, shards, "twice", SIGNAL="SIGINT", SIGNAL_AT="3", TIMES="2")
+    assert twice.returncode not in (0, EXIT_PREEMPTED)
+    assert "KeyboardInterrupt: a second SIGINT: stopped without a checkpoint of this step" in twice.stderr
+    assert list_checkpoints(tmp_path / "runs" / "twice") == []
+    assert _alive(json.loads((tmp_path / "twice.pids").read_text())) == []
+
+
 def test_the_command_says_where_the_checkpoint_is_and_exits_75(monkeypatch, capsys):
     from sslvit.cli import main
 
@@ -114,3 +123,15 @@ def test_the_command_says_where_the_checkpoint_is_and_exits_75(monkeypatch, caps
     monkeypatch.setattr("sslvit.training.loop.train", preempted)
     assert main(["pretrain", "train.steps=6"]) == EXIT_PREEMPTED
     assert "sslvit pretrain: stopped on SIGTERM after step 3 of 6" in capsys.readouterr().err
+
+
+def test_an_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
+    from sslvit.cli import main
+
+    def interrupted(cfg, **kwargs):
+        raise KeyboardInterrupt("a second SIGINT: stopped without a checkpoint of this step")
+
+    monkeypatch.setattr("sslvit.training.loop.train", interrupted)
+    assert main(["pretrain", "train.steps=6"]) == 130
+    assert capsys.readouterr().err == ("sslvit pretrain: interrupted (a second SIGINT: stopped without a "
+                                       "checkpoint of this step)\n")

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from sslvit import __version__
 from sslvit.checkpoint.foreign import infer_model_config
 from sslvit.files import CONFIG_FILE, WEIGHTS_FILE
+from sslvit.version import __version__
 
 HUB_SCHEME = "hf:"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -18,10 +18,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from sslvit import __version__
 from sslvit.cli.common import error_text, fail
 from sslvit.errors import EXIT_PREEMPTED, EXIT_STORAGE, InputError, Preempted, StorageError
 from sslvit.progress import say
+from sslvit.version import __version__
 
 # name -> (module, one line of help); the order is the order of a run
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as stopped:  # SIGTERM / SIGINT: the checkpoint is written, say where
         say(f"{prog}: {stopped}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except KeyboardInterrupt as stopped:  # Ctrl-C outside a run, or a second one inside it
+        say(f"{prog}: interrupted{f' ({stopped})' if str(stopped) else ''}", file=sys.stderr)
+        return 130
 
 
 def console_main() -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from sslvit import __version__
 from sslvit.checkpoint import (
     CheckpointError,
     decode_metadata,
@@ -35,6 +34,7 @@ from sslvit.data.stats import normalization
 from sslvit.data.transforms import eval_transform
 from sslvit.hub.common import PublishError
 from sslvit.models import build_model
+from sslvit.version import __version__
 
 
 @dataclass

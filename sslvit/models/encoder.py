@@ -27,8 +27,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sslvit.models.registry import family_variants
-
 CAPABILITIES: dict[str, str] = {
     "token_drop": "hidden patches can be dropped before the blocks (MAE)",
     "mask_token": "hidden patch tokens can be replaced by a learned mask token (SimMIM)",
@@ -223,7 +221,7 @@ class Encoder(nn.Module):
         head = [v for k, v in state.items() if k.startswith("head") and k.endswith("weight") and v.ndim == 2]
         classes = int(head[-1].shape[0]) if head else 0
         body = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("head")}
-        variants = family_variants(cls.family)  # type: ignore[attr-defined]
+        variants = cls.__dict__.get("variants", {})  # made by sslvit.models.registry.variant
         for _name, make in sorted(variants.items()):
             with torch.device("meta"):
                 candidate = make(num_classes=classes)

@@ -116,7 +116,8 @@ def train(
 def run_steps(run: Run, on_epoch_end: EpochHook | None, on_step_end: Callable[[int], None] | None,
               desc: str, preempt: PreemptionWatch | None = None) -> TrainerState:
     """The step loop, from ``run.start`` to the last step; returns the final state. A preemption
-    (``preempt``) ends it after a step with that step's checkpoint (:func:`stop_preempted`)."""
+    (``preempt``) ends it after a step with that step's checkpoint (:func:`stop_preempted`); after
+    the last step the run simply finishes."""
     cfg, accelerator, objective, optimizer = run.cfg, run.accelerator, run.objective, run.optimizer
     total, accum, state = run.schedule.total_steps, run.accum, run.start
     stream = batches(run.loader, state.micro_batch)
@@ -158,7 +159,7 @@ def run_steps(run: Run, on_epoch_end: EpochHook | None, on_step_end: Callable[[i
             save_checkpoint(run, state, bar)
         if on_step_end is not None:
             on_step_end(state.step)
-        if preempt is not None and preempt.requested(accelerator):
+        if preempt is not None and preempt.requested(accelerator) and state.step < total:
             stop_preempted(run, state, bar, preempt, saved=due_ckpt)
         retuned = tuner.update()
         if retuned is not None:

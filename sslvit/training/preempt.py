@@ -6,7 +6,7 @@ flag; the step loop asks :meth:`PreemptionWatch.requested` after every optimizer
 agrees through one max-reduce, so a signal that reached one rank stops them all at the same step),
 writes the checkpoint of that step and raises :class:`sslvit.errors.Preempted`. If the step and its
 checkpoint take longer than ``grace_s`` seconds, the process says so and exits without one (the
-last checkpoint stays the last good one); a second SIGINT stops at once. Loader workers, forked
+last checkpoint stays the last good one); a second SIGINT stops at once (``KeyboardInterrupt``). Loader workers, forked
 with the handler, leave the decision to the main process and are shut down with it.
 """
 
@@ -69,10 +69,8 @@ class PreemptionWatch:
             return  # a forked loader worker: the main process decides and shuts it down
         name = signal.Signals(signum).name
         if self.signal is not None:
-            if signum == signal.SIGINT:
-                _write("second SIGINT: stopping now, without a checkpoint of this step")
-                _end_children()
-                os._exit(130)
+            if signum == signal.SIGINT:  # the user insists: stop now, as Ctrl-C always does
+                raise KeyboardInterrupt("a second SIGINT: stopped without a checkpoint of this step")
             return
         self.signal, self.since = name, time.monotonic()
         _write(f"{name} received: finishing this step and writing its checkpoint (at most "

@@ -1,0 +1,3 @@
+"""The version of sslvit (the one in pyproject.toml)."""
+
+__version__ = "0.1.0"

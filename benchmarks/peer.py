@@ -16,7 +16,7 @@ Each run prints its wall time from the process start and splits its steps into: 
 data, forward, backward, optimizer step, and the loop's own work (everything else between the
 first and the last step: logging, metric sums, non-finite checks, the thread tuner, checkpoints).
 The split is measured by wrapping those calls in the child process; nothing in sslvit reads it.
-The two runs alternate nothing: the peer first, then sslvit, each alone on the machine.
+The peer runs first, then sslvit, each alone on the machine.
 """
 
 from __future__ import annotations

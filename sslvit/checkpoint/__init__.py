@@ -33,6 +33,7 @@ from sslvit.checkpoint.resolve import (
     CheckpointSource,
     checkpoint_sha256,
     load_checkpoint,
+    model_from_metadata,
     read_metadata,
     resolve_checkpoint,
 )
@@ -41,6 +42,6 @@ __all__ = [
     "DECODER_PREFIXES", "HUB_SCHEME", "META_CONFIG", "META_KIND", "META_MODEL", "META_OBJECTIVE", "PREFIXES",
     "CheckpointError", "CheckpointSource", "checkpoint_sha256", "decode_metadata", "decoder_keys",
     "detect_family", "download_files", "drop_decoder", "hub_repo_id", "infer_model_config", "load_checkpoint",
-    "load_encoder_weights", "load_strict", "model_config_from_hub", "read_file_metadata", "read_metadata",
+    "load_encoder_weights", "load_strict", "model_config_from_hub", "model_from_metadata", "read_file_metadata", "read_metadata",
     "read_state_dict", "resolve_checkpoint", "save_model", "strip_prefixes",
 ]

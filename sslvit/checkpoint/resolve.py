@@ -102,17 +102,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _model_from_metadata(path: Path, model_json: str, overrides: dict[str, Any]) -> nn.Module:
-    """The encoder a checkpoint's ``sslvit.model`` metadata describes; metadata that is not JSON, not
-    a mapping, or names options the model does not take is a :class:`CheckpointError` naming ``path``."""
-    try:
-        config = json.loads(model_json)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: its {META_MODEL} metadata is not JSON ({err})") from None
+def model_from_metadata(path: str | Path, config: Any, overrides: dict[str, Any] | None = None) -> nn.Module:
+    """The encoder the decoded ``sslvit.model`` metadata ``config`` of the file ``path`` describes;
+    one that is not a mapping or names options the model does not take is a
+    :class:`CheckpointError` naming ``path``."""
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its {META_MODEL} metadata is not a mapping of model options")
     try:
-        return build_model({**config, **overrides})
+        return build_model({**config, **(overrides or {})})
     except (InputError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: its {META_MODEL} metadata does not build a model: "
                               f"{err.args[0] if err.args else err}") from None
@@ -134,7 +131,11 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides
     encoder_state = strip_prefixes(state)
     body = {k: v for k, v in encoder_state.items() if k not in set(decoder_keys(encoder_state))}
     if model_json is not None:
-        model = _model_from_metadata(source.weights, model_json, overrides)
+        try:
+            config = json.loads(model_json)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{source.weights}: its {META_MODEL} metadata is not JSON ({err})") from None
+        model = model_from_metadata(source.weights, config, overrides)
     elif model_name is not None:
         model = create_model(model_name, **{**named_options(model_name, body, source.spec), **overrides})
     elif source.config is not None:

@@ -5,6 +5,7 @@ from sslvit.config.loader import (
     Bounds,
     ConfigError,
     allowed,
+    check_sections,
     check_tree,
     check_values,
     from_dict,
@@ -23,6 +24,6 @@ from sslvit.config.sections import DataConfig, ModelConfig, ObjectiveConfig, Opt
 
 __all__ = [
     "Bounds", "ConfigError", "DataConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "TrainConfig",
-    "allowed", "check_tree", "check_values", "from_dict", "join_key", "key_docs", "load", "opt", "parse_overrides",
+    "allowed", "check_sections", "check_tree", "check_values", "from_dict", "join_key", "key_docs", "load", "opt", "parse_overrides",
     "polymorphic", "save", "show_value", "source_comments", "to_dict",
 ]

@@ -157,6 +157,13 @@ def check_tree(config: Any, key: str = "") -> None:
     check_values(config, key)
 
 
+def check_sections(config: Any) -> None:
+    """:func:`check_tree` of each section of ``config`` (a whole run's config built in code), leaving
+    out the rules between sections, which need what only the run knows (a fine-tune's checkpoint)."""
+    for f in dataclasses.fields(config):
+        check_tree(getattr(config, f.name), f.name)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -35,7 +35,7 @@ from sslvit.config import (
     ObjectiveConfig,
     OptimConfig,
     TrainConfig,
-    check_tree,
+    check_sections,
 )
 from sslvit.data.hf import resolve_spec
 from sslvit.data.stream import load_manifest
@@ -148,8 +148,7 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     the encoder (its new head initialised from ``train.seed``) and a description of the inputs
     (checkpoint path + sha256, data specs).
     """
-    for section in dataclasses.fields(cfg):  # what loading the config checks, for one built in code
-        check_tree(getattr(cfg, section.name), section.name)
+    check_sections(cfg)  # what loading the config checks, for one built in code
     if not cfg.finetune.checkpoint:
         raise ConfigError("finetune.checkpoint: required (--checkpoint PATH)")
     if not objective_class(cfg.objective.name).needs_labels:

@@ -244,12 +244,16 @@ def size_text(n: float) -> str:
 
 
 def _storage_error(run_dir: Path, step: int, tmp: Path, failure: BaseException) -> StorageError:
-    done = list_checkpoints(run_dir)
     free, needed = shutil.disk_usage(run_dir).free, _needed(run_dir, tmp)
-    last = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint of this run was written before"
     return StorageError(f"no space left to write the checkpoint of step {step} in {run_dir / 'checkpoints'}: "
                         f"about {size_text(needed)} needed, {size_text(free)} free ({failure}); the partial "
-                        f"{tmp.name} was removed; {last}")
+                        f"{tmp.name} was removed; {last_good_words(run_dir)}")
+
+
+def last_good_words(run_dir: Path) -> str:
+    """Where a stopped run may resume from, in words: its newest checkpoint, or that there is none."""
+    done = list_checkpoints(run_dir)
+    return f"the last good checkpoint is {done[-1]}" if done else "the run wrote no checkpoint before"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

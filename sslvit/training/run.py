@@ -9,7 +9,6 @@ Outputs land in ``run_dir``: ``config.yaml``, ``metrics.jsonl``, TensorBoard log
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -37,7 +36,7 @@ from sslvit.training.checkpoints import (
     all_finite,
     attempt_on_every_rank,
     is_disk_full,
-    list_checkpoints,
+    last_good_words,
     save_training_state,
     size_text,
 )
@@ -198,8 +197,7 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
     directory, the accelerator, encoder, objective, loader, optimizer and schedule, the run's files
     and trackers, the resumed state; then the run line. ``encoder`` replaces the one ``cfg.model``
     would build (fine-tuning)."""
-    for section in dataclasses.fields(cfg):  # what loading the config checks, for one built in code
-        config_lib.check_tree(getattr(cfg, section.name), section.name)
+    config_lib.check_sections(cfg)  # what loading the config checks, for one built in code
     if encoder is None:
         check_model_config(cfg)
     processes, timeout_note = start_processes(cfg.train.dist_timeout_s)
@@ -285,10 +283,8 @@ def finish_run(run: Run, state: TrainerState) -> RunResult:
         free = shutil.disk_usage(run_dir).free
         if not is_disk_full(failure, free, needed):
             raise failure
-        done = list_checkpoints(run_dir)
-        last = f"the last good checkpoint is {done[-1]}" if done else "the run wrote no checkpoint"
         raise StorageError(f"no space left to write the final model in {run_dir}: about {size_text(needed)} "
-                           f"needed, {size_text(free)} free ({failure}); {last}")
+                           f"needed, {size_text(free)} free ({failure}); {last_good_words(run_dir)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(run_dir, model_path, objective_path, state.step, {"steps_per_rank": per_rank})

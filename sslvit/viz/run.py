@@ -7,14 +7,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sslvit.checkpoint import load_checkpoint, load_strict, read_metadata, read_state_dict
+from sslvit.checkpoint import (
+    load_checkpoint,
+    load_strict,
+    model_from_metadata,
+    read_metadata,
+    read_state_dict,
+)
 from sslvit.config import from_dict
 from sslvit.data import build_loader, ensure_digits_shards, eval_transform
 from sslvit.data.stats import normalization
 from sslvit.data.transforms import normalize
-from sslvit.errors import InputError
 from sslvit.files import OBJECTIVE_FILE
-from sslvit.models import build_model
 from sslvit.objectives import build_objective, config_class
 from sslvit.viz import analysis, plots
 
@@ -27,12 +31,7 @@ def load_objective(path: str | Path, mean: list[float], std: list[float]) -> nn.
             f"{path} is not an sslvit objective checkpoint (metadata sslvit.kind != 'objective')"
         )
     cfg = from_dict(meta["objective"], cls=config_class(meta["objective"].get("name", "")))
-    try:
-        encoder = build_model(meta["model"])
-    except (InputError, KeyError, TypeError) as err:
-        raise InputError(f"{path}: its sslvit.model metadata does not build a model: "
-                         f"{err.args[0] if err.args else err}") from None
-    objective = build_objective(cfg, encoder, mean, std)
+    objective = build_objective(cfg, model_from_metadata(path, meta.get("model")), mean, std)
     state, _ = read_state_dict(path)
     load_strict(objective, state, str(path))
     return objective.eval()

@@ -29,7 +29,8 @@ def test_an_old_encoder_gives_the_features_it_gave(where, expected):
     encoder = load(str(OLD / where)).eval()
     with torch.no_grad():
         features = encoder.forward_features(expected["input"])
-    assert torch.equal(features, expected["features"])
+    # the fixture's features were computed on another CPU: matmul kernels differ by ~1e-6 between CPU types
+    torch.testing.assert_close(features, expected["features"], rtol=1e-5, atol=1e-5)
 
 
 def test_an_old_objective_loads_strictly_with_the_same_encoder(expected):
@@ -55,5 +56,5 @@ def test_an_old_checkpoint_verifies_and_resumes_to_the_model_it_finished_with(tm
     assert result.steps == 2
     again = load_file(str(result.model_path))
     assert again.keys() == finished.keys()
-    for key in finished:
-        assert torch.equal(again[key], finished[key]), key
+    for key in finished:  # bitwise on the machine that wrote it; CPU types differ by float rounding
+        torch.testing.assert_close(again[key], finished[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -25,9 +25,50 @@ class TinyEncoder(nn.Module):
         return block_layer_id(name, "blocks", self.num_layers, ("patch_embed", "pos_embed", "cls_token"))
 
 
+def mae_adjust_learning_rate(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
+    """facebookresearch/mae util/lr_sched.py ``adjust_learning_rate`` at a fractional epoch."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+
+
+def test_lr_equals_mae_schedule_at_every_step():
+    """MAE sets the lr before each step from ``data_iter_step / len(data_loader) + epoch``: 0 at step 0."""
+    steps_per_epoch, epochs, warmup_epochs = 7, 12, 3
+    total = steps_per_epoch * epochs
+    for step in range(total):
+        official = mae_adjust_learning_rate(step / steps_per_epoch, 2.4e-3, 1e-6, warmup_epochs, epochs)
+        ours = lr_at(step, 2.4e-3, total, warmup_epochs * steps_per_epoch, min_lr=1e-6)
+        assert ours == pytest.approx(official, rel=1e-12, abs=1e-18), step
+    assert lr_at(0, 1.0, 100, 10) == 0.0
+
+
+def test_warmup_from_warmup_lr_and_multistep_as_timm():
+    """timm's MultiStepLRScheduler with warmup_lr_init (SimMIM's ViT recipe): linear from warmup_lr,
+    then the peak x gamma per milestone reached (milestones in steps from step 0)."""
+    assert lr_at(0, 1e-3, 100, 10, warmup_lr=5e-7) == 5e-7
+    assert lr_at(5, 1e-3, 100, 10, warmup_lr=5e-7) == pytest.approx(5e-7 + (1e-3 - 5e-7) * 0.5)
+    values = [lr_at(s, 1e-3, 100, 10, schedule="multistep", milestones=(70,), gamma=0.1) for s in (10, 69, 70, 99)]
+    assert values == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert lr_at(95, 1.0, 100, 0, schedule="multistep", milestones=(90, 50), gamma=0.5) == 0.25
+
+
+def test_no_decay_list_replaces_the_default_exemptions():
+    """``no_decay=()`` is timm's add_weight_decay (MAE pretraining): only 1-D tensors exempt."""
+    default = {n: g["weight_decay"] for g in param_groups(TinyEncoder(), 0.05) for n in g["names"]}
+    mae = {n: g["weight_decay"] for g in param_groups(TinyEncoder(), 0.05, no_decay=()) for n in g["names"]}
+    simmim = {n: g["weight_decay"] for g in param_groups(TinyEncoder(), 0.05, no_decay=("pos_embed",))
+              for n in g["names"]}
+    assert default["cls_token"] == default["pos_embed"] == 0.0
+    assert mae["cls_token"] == mae["pos_embed"] == 0.05 and mae["norm.weight"] == mae["head.bias"] == 0.0
+    assert simmim["cls_token"] == 0.05 and simmim["pos_embed"] == 0.0
+    assert mae["head.weight"] == default["head.weight"] == 0.05
+
+
 def test_lr_schedule_values():
-    assert lr_at(0, 1.0, 100, 10) == pytest.approx(0.1)
-    assert lr_at(9, 1.0, 100, 10) == pytest.approx(1.0)
+    assert lr_at(0, 1.0, 100, 10) == 0.0
+    assert lr_at(1, 1.0, 100, 10) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 100, 10) == pytest.approx(0.9)
     assert lr_at(10, 1.0, 100, 10) == pytest.approx(1.0)
     assert lr_at(55, 1.0, 100, 10) == pytest.approx(0.5)
     assert lr_at(100, 1.0, 100, 10, min_lr=0.1) == pytest.approx(0.1)

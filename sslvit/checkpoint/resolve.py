@@ -28,6 +28,7 @@ from sslvit.checkpoint.hub_format import HUB_SCHEME, download_files, hub_repo_id
 from sslvit.errors import InputError
 from sslvit.files import CONFIG_FILE, WEIGHTS_FILE, sha256_file
 from sslvit.models import build_model, create_model
+from sslvit.progress import say
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,19 @@ def model_from_metadata(path: str | Path, config: Any, overrides: dict[str, Any]
                               f"{err.args[0] if err.args else err}") from None
 
 
+def _fresh_fc_norm(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``state`` for a model built with ``fc_norm`` from a checkpoint that normalised every token:
+    the checkpoint's final ``norm.*`` dropped and the model's fresh ``fc_norm.*`` kept (MAE's
+    ``global_pool`` fine-tune deletes ``norm`` and trains a new ``fc_norm``), saying so."""
+    own = model.state_dict()
+    if "norm.weight" not in state or "norm.weight" in own or "fc_norm.weight" not in own or "fc_norm.weight" in state:
+        return state
+    kept = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    kept.update({k: v for k, v in own.items() if k.startswith("fc_norm.")})
+    say(f"{source}: its final norm.* is dropped; the pooled feature gets a fresh fc_norm (fc_norm=True)")
+    return kept
+
+
 def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides: Any) -> nn.Module:
     """Rebuild the encoder a checkpoint spec names (:func:`resolve_checkpoint`) in eval mode.
 
@@ -143,6 +157,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides
         model = build_model({**model_config_from_hub(hub_config, body), **overrides})
     else:
         model = build_model({**infer_model_config(body), **overrides})
+    encoder_state = _fresh_fc_norm(model, encoder_state, source.spec)
     head_changed = "head.weight" in encoder_state and (
         encoder_state["head.weight"].shape != model.state_dict().get("head.weight", torch.empty(0)).shape
     )

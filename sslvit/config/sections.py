@@ -110,10 +110,11 @@ class ModelConfig:
         "pooled feature: 'token' (class token) or 'avg' (mean of patch tokens); null = the variant's",
         family_option=True,
     )
-    pos_embed: Literal["learned", "learned_2d", "sincos", "relative", "none"] | None = opt(
+    pos_embed: Literal["learned", "learned_2d", "sincos", "relative", "shared_relative", "none"] | None = opt(
         None,
-        "position embedding: 'learned' 1-D, 'learned_2d', fixed 2-D 'sincos', 'relative' attention bias or "
-        "'none'; null = the variant's",
+        "position embedding: 'learned' 1-D, 'learned_2d', fixed 2-D 'sincos', 'relative' attention (the ViT "
+        "paper's), 'shared_relative' (BEiT's 2-D bias shared by all blocks, SimMIM's ViT) or 'none'; null = the "
+        "variant's",
         family_option=True,
     )
     pos_embed_at: Literal["input", "every_layer", "every_layer_shared"] | None = opt(
@@ -123,6 +124,32 @@ class ModelConfig:
         family_option=True,
     )
     class_token: bool | None = opt(None, "prepend a class token; null = the variant's", family_option=True)
+    fc_norm: bool | None = opt(
+        None,
+        "ViT: the final LayerNorm after pooling (a fresh 'fc_norm') instead of on every token, as MAE's and "
+        "timm's average-pool fine-tuning; loading a checkpoint with a 'norm' drops it, saying so; null = the "
+        "variant's / the checkpoint's",
+        family_option=True,
+    )
+    head_type: Literal["linear", "pre_logits"] | None = opt(
+        None,
+        "ViT: classification head, 'linear' or 'pre_logits' (a tanh hidden layer first, the ViT paper's "
+        "pre-training head); null = the variant's",
+        family_option=True,
+    )
+    weight_init: Literal["mae", "beit"] | None = opt(
+        None,
+        "ViT: initialisation, 'mae' (xavier linears, MAE's and timm's) or 'beit' (trunc-normal 0.02, attn.proj "
+        "and mlp.fc2 divided by sqrt(2 x layer), BEiT's and SimMIM's); null = the variant's ('mae')",
+        family_option=True,
+    )
+    layer_scale_init: float | None = opt(
+        None,
+        "ViT: layer scale (a learned per-channel gain on each residual branch) initialised to this; null = "
+        "the variant's (none)",
+        gt=0,
+        family_option=True,
+    )
     drop_path_rate: float = opt(
         0.0,
         "stochastic depth rate of the last block (linear from 0 over depth)",
@@ -165,7 +192,7 @@ class ObjectiveConfig:
 
     name: str = opt(
         "mae",
-        "the objective, a name registered in sslvit.objectives (mae, simmim, mpp, supervised, ...)",
+        "the objective, a name registered in sslvit.objectives (mae, simmim, mpp, data2vec2, supervised, ...)",
     )
 
     def check(self, key: str) -> None:
@@ -198,9 +225,28 @@ class OptimConfig:
         "linear warmup length in epochs (used when optim.warmup_steps is null)",
         ge=0,
     )
-    schedule: Literal["cosine", "linear", "constant"] = opt(
+    warmup_lr: float = opt(
+        0.0,
+        "learning rate at step 0, rising linearly to the peak over the warmup (MAE: 0; SimMIM: 5e-7)",
+        ge=0,
+    )
+    schedule: Literal["cosine", "linear", "constant", "multistep"] = opt(
         "cosine",
-        "learning-rate decay after warmup, from the peak to optim.min_lr",
+        "learning-rate decay after warmup: 'cosine' / 'linear' from the peak to optim.min_lr, 'constant', or "
+        "'multistep' (x optim.gamma at each of optim.milestones)",
+    )
+    milestones: tuple[float, ...] = opt(
+        (),
+        "multistep: epochs (from the start, warmup included) at which the learning rate is multiplied by "
+        "optim.gamma",
+        ge=0,
+    )
+    gamma: float = opt(0.1, "multistep: the factor applied at each milestone", gt=0, le=1)
+    no_decay: tuple[str, ...] | None = opt(
+        None,
+        "parameter names (or dotted parts of names) exempt from weight decay besides every 1-D parameter; "
+        "null = sslvit's list (position tables, class / mask / distillation tokens, what the encoder names); "
+        "[] = only 1-D parameters and biases (MAE's and timm's add_weight_decay)",
     )
     clip_grad: float | None = opt(
         None,
@@ -219,6 +265,12 @@ class OptimConfig:
         if self.lr is not None and self.min_lr > self.lr:
             raise ConfigError(f"{join_key(key, 'min_lr')}: {self.min_lr!r} is out of range; allowed: <= "
                               f"{join_key(key, 'lr')} ({self.lr!r})")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError(f"{join_key(key, 'milestones')}: required by {join_key(key, 'schedule')}=multistep "
+                              "(epochs at which the learning rate drops)")
+        if self.milestones and self.schedule != "multistep":
+            raise ConfigError(f"{join_key(key, 'milestones')}: {show_value(self.milestones)} would be ignored: "
+                              f"{join_key(key, 'schedule')} is {self.schedule!r}, not 'multistep'")
 
 
 @dataclass

@@ -68,6 +68,8 @@ class FinetuneOptions:
                                                     "n<ops>-mstd<std>-inc<0|1>-p<prob>); '' = off")
     reprob: float = opt(0.25, "training random-erasing probability (one rectangle of per-pixel noise); 0 = off",
                          ge=0, le=1)
+    head_init_std: float = opt(0.02, "std of the fresh head's truncated-normal weights (MAE's fine-tune: 2e-5; "
+                                     "timm's: 0.02); its bias starts at 0", gt=0)
 
 
 @dataclass
@@ -129,6 +131,19 @@ def evaluate_classifier(
             "samples": int(counts[2].item())}
 
 
+FINETUNE_MODEL_OPTIONS = ("global_pool", "pos_embed", "fc_norm")  # model.* keys a fine-tune may change
+
+
+def init_head(encoder: nn.Module, std: float) -> None:
+    """Initialise the fresh classification head(s) (``head``, ``head_dist``): truncated-normal weights
+    of ``std`` (cut at +-2, as timm's ``trunc_normal_``), zero bias."""
+    for name in ("head", "head_dist"):
+        head = getattr(encoder, name, None)
+        if isinstance(head, nn.Linear):
+            nn.init.trunc_normal_(head.weight, std=std)
+            nn.init.zeros_(head.bias)
+
+
 def num_classes_of(spec: str) -> int:
     """Number of classes recorded in the manifest of the shards ``spec`` (0 when unknown)."""
     try:
@@ -154,6 +169,10 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
     if not objective_class(cfg.objective.name).needs_labels:
         raise ConfigError(f"objective.name: fine-tuning needs an objective that trains on labels "
                           f"(such as 'supervised'), got {cfg.objective.name!r}")
+    for key in ("rand_augment", "reprob"):
+        if getattr(cfg.objective, key, None):
+            raise ConfigError(f"objective.{key}: a fine-tune's augmentation is finetune.{key}; "
+                              f"objective.{key} ({getattr(cfg.objective, key)!r}) would be ignored")
     try:
         stage_transform(cfg, "finetune")  # a bad finetune.rand_augment / finetune.reprob fails here
     except ValueError as err:
@@ -172,9 +191,11 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
         check_label_range(read_manifest(spec), classes, spec, key)
     set_seed(cfg.train.seed)  # the fresh head's initialisation, so a run repeats exactly
     overrides: dict[str, Any] = {"num_classes": classes, "drop_path_rate": cfg.model.drop_path_rate}
-    if cfg.model.global_pool is not None:
-        overrides["global_pool"] = cfg.model.global_pool
+    for key in FINETUNE_MODEL_OPTIONS:
+        if getattr(cfg.model, key) is not None:
+            overrides[key] = getattr(cfg.model, key)
     encoder = load_checkpoint(cfg.finetune.checkpoint, model_name=cfg.model.name or None, **overrides)
+    init_head(encoder, cfg.finetune.head_init_std)
     size = cfg.model.img_size or cfg.data.image_size
     if size != encoder_image_size(encoder):
         encoder.set_img_size(size)
@@ -280,7 +301,11 @@ FINETUNE_HELP = {
     "model.img_size": "null = data.image_size",
     "model.patch_size": "unused: the patch size is the checkpoint's",
     "model.global_pool": "'token' or 'avg' pooling before the head; null = the checkpoint's",
-    "model.pos_embed": "unused: the position embedding kind is the checkpoint's",
+    "model.pos_embed": "'learned' fine-tunes a sin-cos checkpoint's fixed table as a learned one (MAE's "
+                       "fine-tune); null = the checkpoint's kind",
+    "model.fc_norm": "true: average-pool the raw patch tokens and normalise the pooled feature with a fresh "
+                     "LayerNorm, dropping the checkpoint's final norm (MAE's global_pool fine-tune); null = the "
+                     "checkpoint's",
     "model.class_token": "unused: the class token is the checkpoint's",
     "objective.loss": "'ce' softmax cross-entropy or 'bce' sigmoid cross-entropy",
     "optim.name": "'adamw' or 'adam'",
@@ -297,6 +322,8 @@ FINETUNE_HELP = {
     "train.out_dir": "parent directory of the run directory",
     "train.trackers": "accelerate trackers (tensorboard, wandb, ...)",
     "train.progress": "show a progress bar",
+    "objective.rand_augment": "refused here: a fine-tune's RandAugment is finetune.rand_augment",
+    "objective.reprob": "refused here: a fine-tune's random erasing is finetune.reprob",
     **{f"objective.{k}": "pretraining only; unused here" for k in (
         "mask_ratio", "norm_pix_loss", "decoder_depth", "decoder_dim", "decoder_heads", "mask_patch_size",
         "mpp_target", "mpp_p_mask", "mpp_p_random")},

@@ -91,19 +91,34 @@ class Attention(nn.Module):
         table = self.rel_pos.to(q.dtype)[offsets]  # (N, T, T, d)
         return torch.einsum("nhid,nijd->nhij", q, table) * self.head_dim**-0.5
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, T, D), positions: optional int64 (N, T) for relative attention -> (N, T, D)."""
+    def _logit_bias(
+        self, q: torch.Tensor, positions: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What is added to the attention logits: relative attention (``positions``) plus a given
+        ``bias`` ((heads, T, T) or (N, heads, T, T), e.g. a shared relative position bias) -> None or
+        broadcastable to (N, heads, T, T)."""
+        own = self._bias(q, positions)
+        if bias is None:
+            return own
+        bias = bias.to(q.dtype)
+        return bias if own is None else own + bias
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (N, T, D), positions: optional int64 (N, T) for relative attention, bias: optional logit
+        bias (heads, T, T) or (N, heads, T, T) -> (N, T, D)."""
         q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(q, positions))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._logit_bias(q, positions, bias))
         return self.proj(out.transpose(1, 2).reshape(x.shape))
 
     def forward_with_attention(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Slow path: x: (N, T, D) -> out (N, T, D), attention weights (N, heads, T, T)."""
         q, k, v = self._qkv(x)
         logits = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
-        bias = self._bias(q, positions)
+        bias = self._logit_bias(q, positions, bias)
         attn = (logits if bias is None else logits + bias).softmax(dim=-1)
         out = (attn @ v).transpose(1, 2).reshape(x.shape)
         return self.proj(out), attn
@@ -172,15 +187,18 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, T, D), positions: optional int64 (N, T) (relative attention) -> (N, T, D)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), positions)))
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (N, T, D), positions: optional int64 (N, T) (relative attention), bias: optional
+        attention-logit bias (heads, T, T) or (N, heads, T, T) -> (N, T, D)."""
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), positions, bias)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward_with_attention(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (N, T, D) -> (N, T, D), attention weights (N, heads, T, T)."""
-        out, attn = self.attn.forward_with_attention(self.norm1(x), positions)
+        out, attn = self.attn.forward_with_attention(self.norm1(x), positions, bias)
         x = x + self.drop_path1(self.ls1(out))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn

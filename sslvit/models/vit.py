@@ -14,10 +14,13 @@ The paper's position-coding ablation (appendix D.4, table 8) is two options: ``p
 1-D ``learned``, ``learned_2d``, ``sincos`` or ``relative`` attention) and ``pos_embed_at``:
 ``input`` (added once, the default), ``every_layer`` (a separate table added to the input of every
 block: ``layer_pos_embed*``) or ``every_layer_shared`` (the input table added before every block).
+``shared_relative`` is BEiT's 2-D relative position bias shared by all blocks (``rel_pos_bias.*``,
+SimMIM's ViT recipe) with no absolute table.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -28,6 +31,7 @@ from sslvit.models.encoder import Encoder, block_layer_id, keep_visible, replace
 from sslvit.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, _pair, block_flops
 from sslvit.models.pos_embed import resample_axis, resample_pos_embed, resample_state_pos_embed, sincos_2d
 from sslvit.models.registry import variant
+from sslvit.models.rel_pos_bias import SharedRelativeBias
 from sslvit.models.vit_timm import infer_config, timm_spec
 
 __all__ = [
@@ -41,13 +45,15 @@ __all__ = [
     "visible_indices",
 ]
 
-POS_EMBEDS = ("learned", "learned_2d", "sincos", "relative", "none")
+POS_EMBEDS = ("learned", "learned_2d", "sincos", "relative", "shared_relative", "none")
 POS_EMBED_AT = ("input", "every_layer", "every_layer_shared")
+WEIGHT_INITS = ("mae", "beit")  # MAE's / timm's xavier linears, or BEiT's / SimMIM's trunc-normal + rescale
 _POS_AT_ALLOWED = {
     "learned": POS_EMBED_AT,
     "learned_2d": POS_EMBED_AT,
     "sincos": ("input", "every_layer_shared"),
     "relative": ("input",),
+    "shared_relative": ("input",),
     "none": ("input",),
 }
 
@@ -92,6 +98,7 @@ class VisionTransformer(Encoder):
         norm_eps: float = 1e-6,
         fc_norm: bool = False,
         distilled: bool = False,
+        weight_init: str = "mae",
         arch: str | None = None,
     ):
         super().__init__()
@@ -102,6 +109,8 @@ class VisionTransformer(Encoder):
                              f"got {pos_embed_at!r}")
         if global_pool not in ("token", "avg") or (global_pool == "token" and not class_token):
             raise ValueError(f"global_pool={global_pool!r} needs 'avg', or 'token' with a class token")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         if pos_embed_2d_mode not in ("sum", "concat") or head_type not in ("linear", "pre_logits"):
             raise ValueError(f"bad pos_embed_2d_mode={pos_embed_2d_mode!r} or head_type={head_type!r}")
         if distilled and not (class_token and global_pool == "token" and not fc_norm and head_type == "linear"):
@@ -141,6 +150,8 @@ class VisionTransformer(Encoder):
             nn.init.normal_(self.cls_token, std=0.02)
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
+        if weight_init == "beit":
+            self._init_beit()
 
     # geometry ---------------------------------------------------------------------------------
     @property
@@ -166,11 +177,16 @@ class VisionTransformer(Encoder):
         depth_extra = self._config["depth"] - 1 if self.pos_embed_at == "every_layer" else 0
         self.pos_embed_row = self.pos_embed_col = self.pos_embed_prefix = None
         self.layer_pos_embed = self.layer_pos_embed_row = self.layer_pos_embed_col = None
+        self.rel_pos_bias = None
         if self.pos_embed_kind == "sincos":
             table = torch.cat([torch.zeros(prefix, dim), sincos_2d(grid, dim)])[None]
             self.register_buffer("pos_embed", table, persistent=True)
             return
         self.pos_embed = None
+        if self.pos_embed_kind == "shared_relative":
+            if prefix > 1:
+                raise ValueError("pos_embed='shared_relative' takes at most one prefix token (the class token)")
+            self.rel_pos_bias = SharedRelativeBias(grid, self._config["num_heads"], class_token=prefix == 1)
         if self.pos_embed_kind == "learned":
             self.pos_embed = _table(1, prefix + grid[0] * grid[1], dim)
             if depth_extra:
@@ -263,21 +279,24 @@ class VisionTransformer(Encoder):
         """Yield ``(tokens, attention or None)`` after each block; tokens (N, T, D), T = P + L_kept."""
         prefix, n = self.num_prefix_tokens, x.shape[0]
         ids = visible_indices(mask) if dropped and mask is not None else None
-        positions = None
-        if self.pos_embed_kind == "relative":
-            positions = torch.arange(x.shape[1], device=x.device).expand(n, -1)
+        positions = bias = None
+        if self.pos_embed_kind in ("relative", "shared_relative"):
+            positions = torch.arange(x.shape[1], device=x.device).expand(n, -1)  # (N, T) token positions
             if ids is not None:
                 positions = torch.cat([positions[:, :prefix], ids + prefix], dim=1)
+        if self.rel_pos_bias is not None:
+            bias = self.rel_pos_bias(positions if ids is not None else None)  # (heads, T, T) or (N, heads, T', T')
+            positions = None
         for block, table in zip(self.blocks, self._layer_tables(), strict=True):
             if table is not None:
                 if ids is not None:
                     table = torch.gather(table.expand(n, -1, -1), 1, ids[..., None].expand(-1, -1, table.shape[-1]))
                 x = torch.cat([x[:, :prefix], x[:, prefix:] + table], dim=1)
             if attention:
-                x, attn = block.forward_with_attention(x, positions)
+                x, attn = block.forward_with_attention(x, positions, bias)
                 yield x, attn
             else:
-                x = block(x, positions)
+                x = block(x, positions, bias)
                 yield x, None
 
     def forward_features(
@@ -351,6 +370,22 @@ class VisionTransformer(Encoder):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @torch.no_grad()
+    def _init_beit(self) -> None:
+        """BEiT's / SimMIM's initialisation: every linear and the patch projection trunc-normal 0.02
+        with zero biases, the class token trunc-normal 0.02, then each block's ``attn.proj`` and
+        ``mlp.fc2`` weights divided by sqrt(2 * (block index + 1)) (``fix_init_weight``)."""
+        for m in [*self.modules(), self.patch_embed.proj]:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for i, block in enumerate(self.blocks):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
+
     def reset_classifier(self, num_classes: int, head_type: str | None = None) -> None:
         """Replace the head: ``num_classes`` outputs (0 = none), linear or pre-logits tanh + linear."""
         head_type = head_type or self._config["head_type"]
@@ -379,7 +414,8 @@ class VisionTransformer(Encoder):
         resampled and raise ``ValueError``.
         """
         old_grid = self.patch_embed.grid_size
-        if _pair(img_size) != self.img_size and (self.pos_embed_kind == "relative" or self.pos_embed_at == "every_layer"):
+        if _pair(img_size) != self.img_size and (self.pos_embed_kind in ("relative", "shared_relative")
+                                                  or self.pos_embed_at == "every_layer"):
             raise ValueError(f"pos_embed={self.pos_embed_kind!r} with pos_embed_at={self.pos_embed_at!r} "
                              "cannot be resampled to another image size")
         self.patch_embed.set_img_size(img_size)

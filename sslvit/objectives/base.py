@@ -83,8 +83,16 @@ class Objective(nn.Module):
             raise ConfigError(f"objective {cls.name!r} cannot train a {encoder_cls.family!r} backbone: {reason}.")
 
     @classmethod
-    def train_transform(cls, data: DataConfig) -> Any:
-        """The loader's image transform for training with this objective."""
+    def train_transform(
+        cls,
+        data: DataConfig,
+        objective: ObjectiveConfig | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> Any:
+        """The loader's image transform for training with this objective; ``objective`` is its config
+        section, ``mean`` / ``std`` the data's statistics (for objectives whose augmentation fills or
+        erases with them)."""
         return pretrain_transform(data.image_size, scale=tuple(data.crop_scale), hflip=data.hflip)
 
     @classmethod
@@ -166,6 +174,11 @@ class Objective(nn.Module):
         if self.uses_pooled_features:
             return set()
         return {f"encoder.{n}" for n in self.encoder.pool_only_parameters()}
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Per-step work after optimizer step ``step`` (1-based, of ``total_steps``) on the unwrapped
+        objective, once per update (not per accumulation micro-batch) and on every rank (an EMA
+        teacher's update); the default does nothing."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """batch -> (scalar loss, metrics of python floats or detached 0-dim tensors)."""

@@ -7,6 +7,7 @@ corrupted. The same generator state gives the same masks, so a resumed run draws
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,7 +27,11 @@ def _choose(batch_size: int, num_items: int, count: int, generator: torch.Genera
 
 @dataclass
 class RandomMasker:
-    """MAE masks: exactly ``round(ratio * L)`` random patches hidden per sample."""
+    """MAE masks: exactly ``L - int(L * (1 - ratio))`` random patches hidden per sample.
+
+    The count is facebookresearch/mae's ``random_masking`` (``len_keep = int(L * (1 - mask_ratio))``):
+    0.75 of 196 hides 147, 0.6 of 49 hides 30 (``round`` would hide 29).
+    """
 
     grid: tuple[int, int]
     ratio: float
@@ -35,7 +40,7 @@ class RandomMasker:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"mask ratio must be in [0, 1), got {self.ratio}")
         self.num_patches = self.grid[0] * self.grid[1]
-        self.num_masked = int(round(self.ratio * self.num_patches))
+        self.num_masked = self.num_patches - int(self.num_patches * (1 - self.ratio))
 
     def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """-> {"mask": bool (B, L)}."""
@@ -47,8 +52,9 @@ class BlockMasker:
     """SimMIM / BEiT-style block masks: random cells of ``mask_patch_size`` pixels, upsampled to patches.
 
     The patch grid is cut into square cells of ``mask_patch_size // model_patch_size`` patches per
-    side and exactly ``round(ratio * num_cells)`` cells are hidden per sample, so the hidden share of
-    patches is exactly that count over the number of cells. When the cell size is not a multiple of
+    side and exactly ``ceil(num_cells * ratio)`` cells are hidden per sample (the official SimMIM
+    ``MaskGenerator``'s count: ViT-B/16 at 224 px, 32 px cells, ratio 0.6 hides 30 of 49 cells, 120
+    of 196 patches), so the hidden share of patches is exactly that count over the number of cells. When the cell size is not a multiple of
     the model's patch size, does not tile the grid, or leaves fewer than 2 x 2 cells (e.g. 32 px
     cells on 32 px images), the masker falls back to the largest cell of whole patches (at most
     ``mask_patch_size``) that tiles the grid into at least 2 x 2 cells, one patch per cell at worst,
@@ -78,7 +84,7 @@ class BlockMasker:
         self.cell_patches = cell
         self.cells = (gh // cell, gw // cell)
         self.num_cells = self.cells[0] * self.cells[1]
-        self.num_masked_cells = int(round(self.ratio * self.num_cells))
+        self.num_masked_cells = math.ceil(self.num_cells * self.ratio)
 
     def _tiles(self, cell: int) -> bool:
         """Whether square cells of ``cell`` patches tile the grid into at least 2 x 2 cells."""

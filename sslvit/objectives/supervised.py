@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from sslvit.config import ObjectiveConfig, opt
+from sslvit.config import DataConfig, ObjectiveConfig, opt
 from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
+from sslvit.data.transforms import finetune_transform
 from sslvit.models.encoder import Encoder
 from sslvit.objectives.base import Metrics, Objective
 
@@ -28,6 +29,18 @@ class SupervisedConfig(ObjectiveConfig):
     loss: Literal["ce", "bce"] = opt(
         "ce",
         "'ce' softmax cross-entropy or 'bce' sigmoid cross-entropy summed over classes (big_vision)",
+    )
+    rand_augment: str = opt(
+        "",
+        "training RandAugment in timm's syntax when training from scratch ('' = off); a fine-tune takes "
+        "finetune.rand_augment instead",
+    )
+    reprob: float = opt(
+        0.0,
+        "training random-erasing probability when training from scratch (0 = off); a fine-tune takes "
+        "finetune.reprob instead",
+        ge=0,
+        le=1,
     )
 
 
@@ -47,6 +60,23 @@ class Supervised(Objective):
     needs_labels = True
     uses_pooled_features = True
     card_fields = ("label_smoothing", "mixup_alpha", "cutmix_alpha", "num_classes")
+
+    @classmethod
+    def train_transform(
+        cls,
+        data: DataConfig,
+        objective: ObjectiveConfig | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> Any:
+        """RandomResizedCrop + flip, plus ``objective.rand_augment`` and ``objective.reprob`` when set
+        (DeiT's and Swin's ImageNet recipes train from scratch with both)."""
+        rand_augment = getattr(objective, "rand_augment", "")
+        reprob = getattr(objective, "reprob", 0.0)
+        if not rand_augment and not reprob:
+            return super().train_transform(data, objective, mean, std)
+        return finetune_transform(data.image_size, scale=tuple(data.crop_scale), hflip=data.hflip,
+                                  rand_augment=rand_augment or None, reprob=reprob, mean=mean, std=std)
 
     def __init__(
         self,

@@ -55,7 +55,7 @@ def stage_transform(cfg: RunConfig, stage: str, mean: tuple[float, ...] = IMAGEN
     """
     d = cfg.data
     if stage == "pretrain":
-        return objective_class(cfg.objective.name).train_transform(d)
+        return objective_class(cfg.objective.name).train_transform(d, cfg.objective, mean, std)
     if stage == "finetune":
         options = getattr(cfg, "finetune", None)
         if options is None:

@@ -147,6 +147,7 @@ def run_steps(run: Run, on_epoch_end: EpochHook | None, on_step_end: Callable[[i
         grad_norm = skips.step(nonfinite_flag(step_loss, accelerator), state.step + 1, step_loss,
                                objective.parameters(), cfg.optim.clip_grad, accelerator, optimizer)
         state = replace(state, step=state.step + 1)  # a skipped update still counts as a step
+        run.plain.after_optimizer_step(state.step, total)  # e.g. an EMA teacher, once per update
         bar.update(1)
         every = cfg.train.ckpt_every
         due_ckpt = bool(every) and state.step % every == 0 and state.step < total

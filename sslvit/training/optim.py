@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -10,22 +12,25 @@ from torch import nn
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "dist_token", "decoder_pos_embed")
 
 
-def _takes_no_decay(name: str, param: torch.Tensor, extra: set[str]) -> bool:
-    base = name.split(".")[-1]
-    return (
-        param.ndim <= 1
-        or name in extra
-        or base in NO_DECAY_NAMES
-        or any(part in NO_DECAY_NAMES for part in name.split("."))
-    )
+def _takes_no_decay(name: str, param: torch.Tensor, extra: set[str], names: Sequence[str]) -> bool:
+    return param.ndim <= 1 or name in extra or any(part in names for part in name.split("."))
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    no_decay: Sequence[str] | None = None,
+) -> list[dict]:
     """Split trainable parameters into AdamW groups.
 
     ``model`` is an encoder (``sslvit.models.encoder.Encoder``) or an objective holding one as
-    ``model.encoder``. No weight decay on norms, biases (every 1-D tensor), ``NO_DECAY_NAMES`` (mask
-    tokens, fixed tables) and what the encoder's ``no_weight_decay()`` names. With ``layer_decay`` each
+    ``model.encoder``. No weight decay on norms, biases (every 1-D tensor) and, with ``no_decay``
+    None, on ``NO_DECAY_NAMES`` (position tables, class / mask tokens) and what the model's and the
+    encoder's ``no_weight_decay()`` name. A ``no_decay`` sequence replaces those: only parameters
+    with one of its names as a dotted part of theirs are exempt besides the 1-D ones (``()`` is MAE's
+    pretraining rule, timm's ``add_weight_decay``, which decays ``cls_token`` and ``mask_token``).
+    With ``layer_decay`` each
     group also carries
     ``lr_scale = layer_decay ** (num_layers - layer_id)`` from the encoder's ``layer_id`` (the
     objective's own parameters, such as a decoder, count as the last layer). Each group dict has
@@ -34,26 +39,26 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     encoder = getattr(model, "encoder", model)
     top = encoder.num_layers
     own = {f"encoder.{n}" if encoder is not model else n for n, _ in encoder.named_parameters()}
-    extra = set()
-    if hasattr(model, "no_weight_decay"):
+    extra, names = set(), tuple(no_decay) if no_decay is not None else NO_DECAY_NAMES
+    if no_decay is None and hasattr(model, "no_weight_decay"):
         extra |= set(model.no_weight_decay())
-    if encoder is not model and hasattr(encoder, "no_weight_decay"):
+    if no_decay is None and encoder is not model and hasattr(encoder, "no_weight_decay"):
         extra |= {f"encoder.{n}" for n in encoder.no_weight_decay()}
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = _takes_no_decay(name, param, extra)
+        exempt = _takes_no_decay(name, param, extra, names)
         layer = 0
         if layer_decay is not None:
             layer = encoder.layer_id(name.removeprefix("encoder.")) if name in own else top
-        key = (layer, no_decay)
+        key = (layer, exempt)
         if key not in groups:
             scale = layer_decay ** (top - layer) if layer_decay is not None else 1.0
             groups[key] = {
                 "params": [],
                 "names": [],
-                "weight_decay": 0.0 if no_decay else weight_decay,
+                "weight_decay": 0.0 if exempt else weight_decay,
                 "lr_scale": scale,
             }
         groups[key]["params"].append(param)
@@ -68,12 +73,25 @@ def lr_at(
     warmup_steps: int,
     min_lr: float = 0.0,
     schedule: str = "cosine",
+    warmup_lr: float = 0.0,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
 ) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): linear warmup, then the decay schedule."""
+    """Learning rate at optimizer step ``step`` (0-based): linear warmup, then the decay schedule.
+
+    The warmup rises linearly from ``warmup_lr`` at step 0 to ``peak_lr`` at ``warmup_steps``, as
+    MAE's ``adjust_learning_rate`` (``lr * epoch / warmup_epochs`` at fractional epochs, 0 at step 0)
+    and timm's schedulers with ``warmup_lr_init`` (SimMIM). After it, ``cosine`` (half a cycle from
+    the peak to ``min_lr`` over the remaining steps, MAE's), ``linear``, ``constant``, or
+    ``multistep`` (the peak times ``gamma`` for each of ``milestones`` (steps, counted from step 0)
+    already reached, as timm's ``MultiStepLRScheduler``; SimMIM's ViT recipe).
+    """
     if warmup_steps > 0 and step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
+        return warmup_lr + (peak_lr - warmup_lr) * step / warmup_steps
     if schedule == "constant":
         return peak_lr
+    if schedule == "multistep":
+        return peak_lr * gamma ** bisect.bisect_right(sorted(milestones), step)
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "linear":
@@ -89,13 +107,14 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     layer_decay: float | None = None,
+    no_decay: Sequence[str] | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay) or Adam over :func:`param_groups`; lr is set per step later.
 
     The fused implementation is used (one kernel over all parameters, CPU and CUDA); parameters are
     expected on their final device before the optimizer is built, as accelerate's ``prepare`` does.
     """
-    groups = param_groups(model, weight_decay, layer_decay)
+    groups = param_groups(model, weight_decay, layer_decay, no_decay)
     for group in groups:
         group.pop("names")
     params = [p for g in groups for p in g["params"]]

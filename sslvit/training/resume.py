@@ -41,6 +41,21 @@ from sslvit.training.config import RunConfig
 # Config keys whose change leaves the continued run identical to an uninterrupted one.
 # data.batch_size is judged with the world size (the global micro-batch), data.train_shards by the
 # shard set it resolves to; every other key must be equal.
+# Keys the config gained after runs were written, with the value that does what those runs did: a
+# checkpoint without the key resumes when the new run keeps that value.
+ADDED_KEYS: dict[str, object] = {
+    "model.fc_norm": None,
+    "model.head_type": None,
+    "model.layer_scale_init": None,
+    "model.weight_init": None,
+    "optim.warmup_lr": 0.0,
+    "optim.milestones": [],
+    "optim.gamma": 0.1,
+    "optim.no_decay": None,
+    "objective.rand_augment": "",
+    "objective.reprob": 0.0,
+}
+
 NEUTRAL_KEYS = frozenset(
     {
         "data.num_workers",
@@ -83,7 +98,7 @@ def config_changes(saved: RunRecord, wanted: RunRecord) -> tuple[list[str], list
     old, new = _flat(saved.config), _flat(wanted.config)
     refused, allowed = [], []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        a, b = old.get(key, ADDED_KEYS.get(key, "<absent>")), new.get(key, "<absent>")
         if a == b:
             continue
         line = f"{key}: {a!r} -> {b!r}"

@@ -54,7 +54,8 @@ from sslvit.training.optim import build_optimizer, lr_at
 from sslvit.training.resume import choose_resume, load_resume, record_resume, run_record, shard_set_of
 from sslvit.training.threads import ThreadPlan, apply_threads, fit_threads
 
-MODEL_OPTIONS = ("patch_size", "global_pool", "pos_embed", "pos_embed_at", "class_token")
+MODEL_OPTIONS = ("patch_size", "global_pool", "pos_embed", "pos_embed_at", "class_token", "fc_norm", "head_type",
+                 "layer_scale_init", "weight_init")
 
 
 class StepHook(Protocol):
@@ -99,10 +100,14 @@ class Schedule:
     peak_lr: float
     min_lr: float
     kind: str
+    warmup_lr: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
 
     def lr(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
-        return lr_at(step, self.peak_lr, self.total_steps, self.warmup_steps, self.min_lr, self.kind)
+        return lr_at(step, self.peak_lr, self.total_steps, self.warmup_steps, self.min_lr, self.kind,
+                     self.warmup_lr, self.milestones, self.gamma)
 
 
 @dataclass
@@ -170,7 +175,8 @@ def _schedule(cfg: RunConfig, steps_per_epoch: int, global_batch: int) -> Schedu
                   else f"optim.warmup_epochs={o.warmup_epochs:g} x {steps_per_epoch} steps per epoch")
         say(f"warning: the warmup ({warmup} steps, {source}) is as long as the run ({total} "
             f"steps): the learning rate never reaches its peak {peak:.3g}")
-    return Schedule(total, warmup, peak, o.min_lr, o.schedule)
+    milestones = tuple(round(epoch * steps_per_epoch) for epoch in o.milestones)
+    return Schedule(total, warmup, peak, o.min_lr, o.schedule, o.warmup_lr, milestones, o.gamma)
 
 
 def _write_run_files(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, resume: Any, record: RunRecord) -> None:
@@ -227,7 +233,7 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
     global_batch = cfg.data.batch_size * options.grad_accum * world
     schedule = _schedule(cfg, max(1, len(loader) // options.grad_accum), global_batch)
     optimizer = build_optimizer(
-        objective, cfg.optim.name, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay
+        objective, cfg.optim.name, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, cfg.optim.no_decay
     )
     prepared, optimizer = accelerator.prepare(objective, optimizer)
     plain = accelerator.unwrap_model(prepared)

@@ -198,3 +198,52 @@ def test_labels_beyond_the_head_are_skipped_when_the_manifest_does_not_know(tmp_
     labels = torch.cat([b["label"][b["valid"]] for b in loader.iterate(0)])
     assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
     assert loader.stats.get("label_out_of_range") == 4, loader.stats
+
+
+def test_fc_norm_fine_tune_is_mae_global_pool(tmp_path):
+    """``model.fc_norm=true`` with ``global_pool=avg`` is MAE's ``global_pool`` fine-tune: the mean of
+    the raw patch tokens normalised by a fresh ``fc_norm``, the pretrained ``norm`` dropped; it equals
+    timm's average-pool ViT (fc_norm) holding the same weights, and the head starts at std 2e-5."""
+    import timm
+
+    from sslvit.checkpoint import load_checkpoint, save_model
+    from sslvit.evaluate.finetune import init_head
+    from sslvit.models import create_model
+
+    torch.manual_seed(0)
+    pretrained = create_model("vit_pico_patch4")
+    with torch.no_grad():
+        pretrained.norm.weight.mul_(3.0).add_(0.5)  # a final norm far from identity, to see it dropped
+    path = save_model(pretrained, tmp_path / "model.safetensors", pretrained.get_config())
+    model = load_checkpoint(path, num_classes=10, global_pool="avg", fc_norm=True)
+    init_head(model, 2e-5)
+    state = model.state_dict()
+    assert "norm.weight" not in state and torch.equal(state["fc_norm.weight"], torch.ones(32))
+    assert 1e-5 < model.head.weight.std().item() < 3e-5 and not model.head.bias.any()
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, embed_dim=32,
+                                  depth=2, num_heads=2, num_classes=10, global_pool="avg", fc_norm=True)
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ours = model.forward_head(model.forward_features(images), pre_logits=True)
+        theirs = reference.forward_head(reference.forward_features(images), pre_logits=True)
+        tokens = pretrained.forward_features(images)  # the pretrained norm applied to every token
+        old = tokens[:, 1:].mean(dim=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert (ours - old).abs().max() > 0.1  # the old form (norm on every token, then the mean) differs
+
+
+def test_sincos_pretraining_fine_tunes_a_learned_table(tmp_path):
+    """MAE pretrains with a frozen sin-cos table and fine-tunes it as a parameter (timm's ViT):
+    ``model.pos_embed=learned`` loads the table's values into a trainable one."""
+    from sslvit.checkpoint import load_checkpoint, save_model
+    from sslvit.models import create_model
+
+    pretrained = create_model("vit_pico_patch4", pos_embed="sincos")
+    path = save_model(pretrained, tmp_path / "model.safetensors", pretrained.get_config())
+    model = load_checkpoint(path, num_classes=10, pos_embed="learned")
+    assert isinstance(model.pos_embed, torch.nn.Parameter) and model.pos_embed.requires_grad
+    assert torch.equal(model.pos_embed.detach(), pretrained.pos_embed)
+    frozen = load_checkpoint(path, num_classes=10)
+    assert "pos_embed" not in dict(frozen.named_parameters())

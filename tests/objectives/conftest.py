@@ -23,6 +23,8 @@ def tiny_objective(name: str, encoder_kwargs: dict | None = None, **cfg_kwargs) 
         cfg_kwargs.setdefault("mask_patch_size", 8)
     if name == "supervised":
         cfg_kwargs.setdefault("num_classes", 5)
+    if name == "data2vec2":  # the pico ViT has 2 blocks
+        cfg_kwargs = {"top_k": 2, "num_masks": 2, "decoder_dim": 32, "decoder_layers": 1, **cfg_kwargs}
     encoder = create_model("vit_pico_patch4", img_size=16, **(encoder_kwargs or {}))
     return build_objective(objective_config(name, **cfg_kwargs), encoder, MEAN, STD)
 

@@ -77,6 +77,7 @@ def test_state_dict_holds_encoder_and_own_parameters(name, make_objective):
         "simmim": {"mask_token", "decoder.weight", "decoder.bias"},
         "mpp": {"mask_token", "head.weight", "head.bias"},
         "supervised": set(),
+        "data2vec2": {"decoder.blocks.0.weight", "decoder.proj.weight", "teacher.cls_token", "teacher.norm.weight"},
     }[name]
     assert expected <= own
     assert "pixel_mean" not in keys
@@ -105,7 +106,7 @@ def test_flops_order_of_the_objectives():
 def test_unknown_objective_is_an_error():
     cfg = objective_config("mae")
     cfg.name = "byol"
-    with pytest.raises(ValueError, match="unknown objective 'byol'; known: mae, mpp, simmim, supervised"):
+    with pytest.raises(ValueError, match="unknown objective 'byol'; known: data2vec2, mae, mpp, simmim, supervised"):
         build_objective(cfg, create_model("vit_pico_patch4"))
 
 

@@ -37,7 +37,7 @@ def test_block_mask_hides_whole_cells_with_exact_ratio() -> None:
     masker = BlockMasker((14, 14), 0.6, mask_patch_size=32, model_patch_size=16)
     assert masker.fallback is None and masker.cells == (7, 7) and masker.cell_patches == 2
     mask = masker(16, gen())["mask"]
-    assert (mask.sum(1) == round(0.6 * 49) * 4).all()
+    assert (mask.sum(1) == 30 * 4).all()  # ceil(49 * 0.6) cells, as SimMIM's MaskGenerator
     cells = mask.view(16, 7, 2, 7, 2)
     assert (cells.all(dim=(2, 4)) == cells.any(dim=(2, 4))).all()  # each 2x2 cell all or nothing
 
@@ -82,3 +82,17 @@ def test_bad_ratios_raise() -> None:
         RandomMasker((4, 4), 1.0)
     with pytest.raises(ValueError):
         MPPCorruption((4, 4), 0.5, p_mask=0.9, p_random=0.2)
+
+
+def test_mask_counts_are_the_official_codes() -> None:
+    """MAE hides ``L - int(L * (1 - r))`` (models_mae.random_masking), SimMIM ``ceil(cells * r)``
+    cells (MaskGenerator); both differ from ``round`` where these pairs are chosen."""
+    assert RandomMasker((7, 7), 0.6).num_masked == 30  # round would hide 29
+    assert RandomMasker((14, 14), 0.75).num_masked == 147
+    assert RandomMasker((8, 8), 0.75).num_masked == 48  # the default run: unchanged
+    assert RandomMasker((7, 7), 0.3).num_masked == 49 - int(49 * 0.7)
+    vit_b = BlockMasker((14, 14), 0.6, mask_patch_size=32, model_patch_size=16)
+    assert vit_b.num_masked_cells == 30  # 120 of 196 patches hidden (61.2%); round: 29 cells
+    assert int(vit_b(2, gen())["mask"].sum(1)[0]) == 120
+    swin_192 = BlockMasker((48, 48), 0.6, mask_patch_size=32, model_patch_size=4)
+    assert swin_192.num_masked_cells == 22  # ceil(36 * 0.6) = ceil(21.6)

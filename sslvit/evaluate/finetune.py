@@ -135,13 +135,17 @@ FINETUNE_MODEL_OPTIONS = ("global_pool", "pos_embed", "fc_norm")  # model.* keys
 
 
 def init_head(encoder: nn.Module, std: float) -> None:
-    """Initialise the fresh classification head(s) (``head``, ``head_dist``): truncated-normal weights
-    of ``std`` (cut at +-2, as timm's ``trunc_normal_``), zero bias."""
-    for name in ("head", "head_dist"):
-        head = getattr(encoder, name, None)
-        if isinstance(head, nn.Linear):
-            nn.init.trunc_normal_(head.weight, std=std)
-            nn.init.zeros_(head.bias)
+    """Initialise the fresh classification head(s) (every linear layer of ``head`` and ``head_dist``,
+    whatever the family wraps it in): truncated-normal weights of ``std`` (cut at +-2, as timm's
+    ``trunc_normal_``), zero bias. An encoder without one is an error, so the setting is never ignored."""
+    linears = [m for name in ("head", "head_dist") if isinstance(getattr(encoder, name, None), nn.Module)
+               for m in getattr(encoder, name).modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"finetune.head_init_std: {type(encoder).__name__} has no linear classification head")
+    for linear in linears:
+        nn.init.trunc_normal_(linear.weight, std=std)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
 
 
 def num_classes_of(spec: str) -> int:

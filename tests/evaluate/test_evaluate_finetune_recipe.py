@@ -247,3 +247,16 @@ def test_sincos_pretraining_fine_tunes_a_learned_table(tmp_path):
     assert torch.equal(model.pos_embed.detach(), pretrained.pos_embed)
     frozen = load_checkpoint(path, num_classes=10)
     assert "pos_embed" not in dict(frozen.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["swin_pico_patch2_window4_32", "poolformer_pico_32", "tnt_pico_patch4_32"])
+def test_head_init_std_reaches_every_familys_head(name):
+    from sslvit.evaluate.finetune import init_head
+    from sslvit.models import create_model
+
+    encoder = create_model(name, num_classes=10)
+    init_head(encoder, 2e-5)
+    linears = [m for m in encoder.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.abs().max() < 1e-4 and not m.bias.any() for m in linears)
+    with pytest.raises(ConfigError, match="head_init_std"):
+        init_head(create_model(name, num_classes=0), 2e-5)

@@ -85,13 +85,21 @@ def shard_set(urls: list[str], counts: list[int] | None) -> list[list[Any]]:
 # writing ------------------------------------------------------------------------------------
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``tensor``: its local shard for an FSDP2 (DTensor) parameter or state."""
+    return tensor.to_local() if callable(getattr(tensor, "to_local", None)) else tensor
+
+
 def all_finite(accelerator: Accelerator, modules: list[nn.Module], optimizer: torch.optim.Optimizer) -> bool:
     """Whether every parameter and every optimizer-state tensor is finite on every rank (one host
-    sync; called before a checkpoint is written and when a loss is non-finite)."""
-    flags = [torch.isfinite(p.detach()).all() for m in modules for p in m.parameters()]
+    sync; called before a checkpoint is written and when a loss is non-finite). Under FSDP each rank
+    checks its own shards."""
+    flags = [torch.isfinite(_local(p.detach())).all() for m in modules for p in m.parameters()]
     for per_param in optimizer.state.values():
         flags.extend(
-            torch.isfinite(v).all() for v in per_param.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
+            torch.isfinite(_local(v)).all()
+            for v in per_param.values()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
         )
     ok = torch.stack([f.to(accelerator.device) for f in flags]).all().float() if flags else torch.ones(())
     ok = ok.to(accelerator.device)
@@ -324,6 +332,8 @@ def _check_structure(path: Path, name: str) -> None:
     from safetensors import safe_open
 
     file = path / name
+    if "/" in name:  # a part of FSDP's sharded weights or optimizer state, read by torch.distributed.checkpoint
+        return
     try:
         if name.endswith(".safetensors"):
             with safe_open(str(file), framework="pt", device="cpu") as f:
@@ -335,12 +345,27 @@ def _check_structure(path: Path, name: str) -> None:
         raise ResumeError(f"cannot resume: {file} is unreadable ({type(err).__name__}: {err})") from err
 
 
+def _is_model_file(name: str) -> bool:
+    """A file of accelerate's model weights: ``model*.safetensors``, or under FSDP
+    ``pytorch_model_fsdp*.bin`` (full or per-rank state dict) / ``pytorch_model_fsdp_N/`` (sharded)."""
+    top = name.split("/", 1)[0]
+    return (top.startswith("model") and top.endswith(".safetensors")) or top.startswith("pytorch_model_fsdp")
+
+
+def _is_optimizer_file(name: str) -> bool:
+    """A file of accelerate's optimizer state: ``optimizer*.bin``, or under FSDP ``optimizer_N/`` (sharded)."""
+    top, _, rest = name.partition("/")
+    return top.startswith("optimizer") and (top.endswith(".bin") or bool(rest))
+
+
 def _check_files(path: Path, state: TrainerState, files: dict[str, str] | None) -> None:
     present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != STATE_FILE)
-    if not any(n.startswith("model") and n.endswith(".safetensors") for n in present):
-        raise ResumeError(f"cannot resume: {path} holds no model weights (model.safetensors missing)")
-    if not any(n.startswith("optimizer") and n.endswith(".bin") for n in present):
-        raise ResumeError(f"cannot resume: {path} holds no optimizer state (optimizer.bin missing)")
+    if not any(_is_model_file(n) for n in present):
+        raise ResumeError(f"cannot resume: {path} holds no model weights (model.safetensors missing, "
+                          "nor FSDP's pytorch_model_fsdp*)")
+    if not any(_is_optimizer_file(n) for n in present):
+        raise ResumeError(f"cannot resume: {path} holds no optimizer state (optimizer.bin missing, "
+                          "nor FSDP's optimizer_*/)")
     for rank in range(state.world_size):
         if RNG_FILE.format(rank=rank) not in present:
             raise ResumeError(f"cannot resume: {path} lacks the RNG state of rank {rank} ({RNG_FILE.format(rank=rank)})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from sslvit.training.checkpoints import (
 from sslvit.training.config import RunConfig
 from sslvit.training.data import TrainData, resolve_train_data
 from sslvit.training.launch import (
+    LaunchError,
     init_trackers,
     make_accelerator,
     resolve_launch_options,
@@ -198,6 +200,45 @@ def _write_run_files(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, re
         init_trackers(accelerator, cfg, run_dir.name, flat)
 
 
+def fsdp_asked(env: Any = None) -> bool:
+    """Whether the launcher asked for FSDP (an accelerate config with ``distributed_type: FSDP`` or
+    ``--use_fsdp`` sets ``ACCELERATE_USE_FSDP=true``)."""
+    env = os.environ if env is None else env
+    return env.get("ACCELERATE_USE_FSDP", "false").strip().lower() == "true"
+
+
+def fsdp_refusal(what: str, processes: int) -> LaunchError:
+    """The error for an FSDP launch that cannot shard here: ``what`` accelerate did instead."""
+    import accelerate
+
+    return LaunchError(
+        f"accelerate launch was given an FSDP config (ACCELERATE_USE_FSDP=true), but {what}: accelerate "
+        f"{accelerate.__version__} runs FSDP only on GPUs and other accelerators, not on CPUs. FSDP needs "
+        "GPUs; on CPUs train without the FSDP config:\n"
+        f"  ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {processes} -m sslvit pretrain"
+    )
+
+
+def start_accelerator(cfg: RunConfig, run_dir: Path, options: Any, processes: int) -> Accelerator:
+    """:func:`make_accelerator`, refusing with one :class:`LaunchError` an FSDP launch that accelerate
+    cannot shard on this machine: on a CPU it either refuses the FSDP settings (FSDP1's
+    ``sync_module_states``) or sets up plain data parallelism, which would train every rank on the full,
+    unsharded model."""
+    from accelerate.utils import DistributedType
+
+    try:
+        accelerator = make_accelerator(cfg, run_dir, options)
+    except RuntimeError as err:
+        if fsdp_asked() and "not supported on cpu" in str(err):
+            raise fsdp_refusal(f"it refused it on this CPU ({err})", processes) from err
+        raise
+    if fsdp_asked() and accelerator.distributed_type != DistributedType.FSDP:
+        kind = getattr(accelerator.distributed_type, "value", accelerator.distributed_type)
+        raise fsdp_refusal(f"it set up {kind} on {accelerator.device} without FSDP, so the model would "
+                           "not be sharded", processes)
+    return accelerator
+
+
 def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequence[StepHook] = ()) -> Run:
     """Everything before the first step: processes and threads, data, the resume point, the run
     directory, the accelerator, encoder, objective, loader, optimizer and schedule, the run's files
@@ -217,7 +258,7 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
         cfg = replace(cfg, train=replace(cfg.train, name=resume.path.parent.parent.name))
     record = run_record(cfg, processes.num_processes, options.grad_accum, shards)
     run_dir = resolve_run_dir(cfg, processes, resuming=resume is not None)
-    accelerator = make_accelerator(cfg, run_dir, options)
+    accelerator = start_accelerator(cfg, run_dir, options, processes.num_processes)
     world = accelerator.num_processes
     start = replace(resume.state, world_size=world) if resume is not None else TrainerState(0, 0, world)
 
@@ -261,6 +302,21 @@ def save_checkpoint(run: Run, state: TrainerState, bar: Any) -> None:
     save_training_state(run.accelerator, run.run_dir, state, run.cfg.train.keep_last, run.record)
 
 
+def full_state_dicts(
+    accelerator: Accelerator, prepared: nn.Module, plain: nn.Module
+) -> tuple[nn.Module | dict[str, torch.Tensor], nn.Module | dict[str, torch.Tensor]]:
+    """What the final files hold: the objective and its encoder, as modules, or under FSDP as the full
+    (gathered, unsharded) state dicts, which every rank takes part in gathering and the main process
+    receives (the encoder's keys without their ``encoder.`` prefix)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return plain, plain.encoder
+    full = accelerator.get_state_dict(prepared)
+    encoder = {k.removeprefix("encoder."): v for k, v in full.items() if k.startswith("encoder.")}
+    return full, encoder
+
+
 def finish_run(run: Run, state: TrainerState) -> RunResult:
     """The final files: ``model.safetensors`` (the encoder), ``objective.safetensors`` and
     ``summary.json``, with the resolved config and normalisation in the metadata."""
@@ -270,6 +326,7 @@ def finish_run(run: Run, state: TrainerState) -> RunResult:
     steps = torch.tensor([state.step], device=accelerator.device)
     per_rank = accelerator.gather(steps).tolist()
     accelerator.wait_for_everyone()
+    weights, encoder_weights = full_state_dicts(accelerator, run.objective, objective)
 
     def write() -> None:
         if not accelerator.is_main_process:
@@ -277,8 +334,8 @@ def finish_run(run: Run, state: TrainerState) -> RunResult:
         encoder = objective.encoder
         normalization = {"mean": list(run.data.mean), "std": list(run.data.std)}
         extra = {"objective": resolved["objective"], "normalization": normalization, "config": resolved}
-        save_model(encoder, model_path, encoder.get_config(), kind="encoder", extra=extra)
-        save_model(objective, objective_path, encoder.get_config(), kind="objective", extra=extra)
+        save_model(encoder_weights, model_path, encoder.get_config(), kind="encoder", extra=extra)
+        save_model(weights, objective_path, encoder.get_config(), kind="objective", extra=extra)
         summary = {"steps": state.step, "world_size": accelerator.num_processes, "steps_per_rank": per_rank,
                    "model": str(model_path), "objective": str(objective_path)}
         (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

@@ -279,14 +279,14 @@ class VisionTransformer(Encoder):
         """Yield ``(tokens, attention or None)`` after each block; tokens (N, T, D), T = P + L_kept."""
         prefix, n = self.num_prefix_tokens, x.shape[0]
         ids = visible_indices(mask) if dropped and mask is not None else None
+        kept = None  # (N, T') positions among all T tokens of the kept ones, prefix first
+        if ids is not None:
+            kept = torch.cat([torch.arange(prefix, device=x.device).expand(n, -1), ids + prefix], dim=1)
         positions = bias = None
-        if self.pos_embed_kind in ("relative", "shared_relative"):
-            positions = torch.arange(x.shape[1], device=x.device).expand(n, -1)  # (N, T) token positions
-            if ids is not None:
-                positions = torch.cat([positions[:, :prefix], ids + prefix], dim=1)
+        if self.pos_embed_kind == "relative":
+            positions = kept if kept is not None else torch.arange(x.shape[1], device=x.device).expand(n, -1)
         if self.rel_pos_bias is not None:
-            bias = self.rel_pos_bias(positions if ids is not None else None)  # (heads, T, T) or (N, heads, T', T')
-            positions = None
+            bias = self.rel_pos_bias(kept)  # (heads, T, T), or (N, heads, T', T') for the kept tokens
         for block, table in zip(self.blocks, self._layer_tables(), strict=True):
             if table is not None:
                 if ids is not None:
@@ -375,7 +375,7 @@ class VisionTransformer(Encoder):
         """BEiT's / SimMIM's initialisation: every linear and the patch projection trunc-normal 0.02
         with zero biases, the class token trunc-normal 0.02, then each block's ``attn.proj`` and
         ``mlp.fc2`` weights divided by sqrt(2 * (block index + 1)) (``fix_init_weight``)."""
-        for m in [*self.modules(), self.patch_embed.proj]:
+        for m in self.modules():  # the patch projection (a Conv2d) among them
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:

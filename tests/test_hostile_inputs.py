@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
+from sslvit.checkpoint import save_model
 from sslvit.cli import COMMANDS, main
 from sslvit.data.plan import TRUSTED_MANIFESTS_ENV, resolve
 from sslvit.errors import InputError
@@ -74,12 +75,14 @@ def hostile(tmp_path_factory, bars) -> dict[str, str]:
     (root / "zero" / "a.tar").write_bytes(b"")  # a zero-byte shard, no manifest
     (root / "nottar").mkdir()
     (root / "nottar" / "a.tar").write_text("hello world " * 100)  # not a tar, no manifest
+    save_model(encoder, root / "good.safetensors", encoder.get_config())
     text_meta = {"sslvit.kind": "encoder", "sslvit.model": json.dumps("text")}
     save_file(encoder.state_dict(), str(root / "text_meta.safetensors"), metadata=text_meta)
     return {"garbage": str(root / "garbage"), "countless": str(root / "countless"),
             "bad_meta": str(root / "bad_meta.safetensors"), "missing": str(root / "none.safetensors"),
             "empty": str(root / "empty"), "out": str(root / "out"), "zero": str(root / "zero"),
-            "nottar": str(root / "nottar"), "text_meta": str(root / "text_meta.safetensors"), **bars}
+            "nottar": str(root / "nottar"), "text_meta": str(root / "text_meta.safetensors"),
+            "good": str(root / "good.safetensors"), **bars}
 
 
 def _cases(h: dict[str, str]) -> dict[str, list[list[str]]]:
@@ -93,7 +96,9 @@ def _cases(h: dict[str, str]) -> dict[str, list[list[str]]]:
                      [f"data.train_shards={h['countless']}"], ["--config", h["missing"]],
                      [f"data.train_shards={h['zero']}"], [f"data.train_shards={h['nottar']}"],
                      ["data.image_size=100000"]],
-        "probe": evaluator,
+        "probe": [*evaluator, ["--mae.epochs", "3"], ["--protocol", "mae", "--lrs", "[0.1]"],
+                  ["--protocol", "mae", "--mae.batch_size", "0"], ["--protocol", "paper"],
+                  ["--protocol", "mae", "--checkpoint", h["good"], "--train", h["train"], "--val", h["train"]]],
         "knn": evaluator,
         "finetune": [["--checkpoint", h["missing"]], ["--checkpoint", h["bad_meta"]]],
         "visualize": [["--checkpoint", h["missing"]], ["--checkpoint", h["bad_meta"]],

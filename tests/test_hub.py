@@ -320,3 +320,15 @@ def test_loading_is_strict_and_reads_plain_timm_configs(tmp_path: Path, checkpoi
     save_file(state, str(out / "model.safetensors"), {"format": "pt"})
     with pytest.raises(CheckpointError, match="missing keys: norm.bias"):
         from_pretrained(out)
+
+
+def test_the_card_names_the_probe_protocol(tmp_path: Path, checkpoint: Path) -> None:
+    ref = {"path": str(checkpoint), "sha256": sha256_file(checkpoint)}
+    files = [_metrics(tmp_path, f"{name}.json", evaluator="linear_probe", val_top1=top1, checkpoint=ref,
+                      protocol={"name": name}, data={"val": f"data/{name}/val"}) for name, top1 in (("fast", 90.0),
+                                                                                                    ("mae", 60.0))]
+    out = tmp_path / "hub"
+    publish(checkpoint, "org/pico-mae", metrics=files, dry_run=out)
+    card = (out / "README.md").read_text()
+    assert "| Linear probe (frozen features; sslvit's fast sweep, not a paper's protocol) | fast | val | 90.00 |" in card
+    assert "| Linear probe (frozen features; MAE's protocol) | mae | val | 60.00 |" in card

@@ -122,3 +122,43 @@ def test_set_lr_applies_scale():
     set_lr(opt, 1e-3)
     lrs = sorted({round(g["lr"], 12) for g in opt.param_groups})
     assert lrs == sorted({round(1e-3 * 0.5**k, 12) for k in range(5)})
+
+
+def test_sgd_takes_momentum_and_l2_decay_on_matrices_only():
+    """optim.name=sgd (the ViT paper's fine-tune): heavy-ball momentum, buf = m * buf + g + wd * p,
+    p -= lr * buf, with no decay on 1-D parameters and tokens."""
+    torch.manual_seed(0)
+    model = TinyEncoder(depth=1)
+    opt = build_optimizer(model, "sgd", 0.1, (0.9, 0.999), momentum=0.5)
+    assert isinstance(opt, torch.optim.SGD)
+    assert {g["momentum"] for g in opt.param_groups} == {0.5}
+    set_lr(opt, 0.01)
+    weight, bias = model.patch_embed.weight, model.patch_embed.bias
+    w0, b0 = weight.detach().clone(), bias.detach().clone()
+    grads = [torch.randn(4, 4), torch.randn(4, 4)]
+    bias_grads = [torch.randn(4), torch.randn(4)]
+    for g, gb in zip(grads, bias_grads, strict=True):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        weight.grad, bias.grad = g.clone(), gb.clone()
+        opt.step()
+    d1 = grads[0] + 0.1 * w0
+    w1 = w0 - 0.01 * d1
+    w2 = w1 - 0.01 * (0.5 * d1 + grads[1] + 0.1 * w1)
+    torch.testing.assert_close(weight.detach(), w2)
+    b2 = b0 - 0.01 * bias_grads[0] - 0.01 * (0.5 * bias_grads[0] + bias_grads[1])
+    torch.testing.assert_close(bias.detach(), b2)
+
+
+def test_sgd_config_and_momentum_range():
+    from sslvit.config import ConfigError
+    from sslvit.training.config import load
+
+    cfg = load(None, ["optim.name=sgd", "optim.momentum=0.8"])
+    assert (cfg.optim.name, cfg.optim.momentum) == ("sgd", 0.8)
+    assert load(None).optim.momentum == 0.9
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match="optim.momentum"):
+            load(None, ["optim.name=sgd", f"optim.momentum={bad}"])
+    with pytest.raises(ValueError, match="optim.momentum"):
+        build_optimizer(TinyEncoder(), "sgd", 0.0, (0.9, 0.999), momentum=1.0)

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from sslvit import load_checkpoint
+from sslvit.training.checkpoints import last_finite_checkpoint, model_tensors
 from tests.run_helpers import DEFAULT_CONFIG, ROOT, TINY_MAE
 
 FSDP_CONFIG = ROOT / "sslvit" / "configs" / "accelerate_fsdp.yaml"
@@ -162,6 +163,11 @@ def test_fsdp_run_shards_resumes_bitwise_and_publishes_the_full_encoder(workdir)
     assert not any(f.endswith(".safetensors") or f == "optimizer.bin" for f in files), files
     recorded = json.loads((step3 / "trainer_state.json").read_text())
     assert sorted(recorded["files"]) == [f for f in files if f != "trainer_state.json"]
+    # the sharded weights are read whole where a non-finite loss looks for the last good checkpoint
+    found, skipped = last_finite_checkpoint(runs / "killed")
+    assert found == step3 and skipped == []
+    whole = model_tensors(step3)
+    assert whole and all(k.startswith("pytorch_model_fsdp_0/") for k in whole)
 
     resumed = _launch(workdir, 29725, *_common(workdir, "killed"), "train.resume=latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -187,3 +193,17 @@ def test_fsdp_run_shards_resumes_bitwise_and_publishes_the_full_encoder(workdir)
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]), key
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_the_last_good_checkpoint_reads_sharded_weights(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    for step, value in ((2, 1.0), (4, float("nan"))):
+        folder = tmp_path / "checkpoints" / f"step_{step:07d}" / "pytorch_model_fsdp_0"
+        state = {"model": {"blocks.0.w": torch.full((3, 2), value), "blocks.0.b": torch.ones(2)}}
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    found, skipped = last_finite_checkpoint(tmp_path)
+    assert found == tmp_path / "checkpoints" / "step_0000002"
+    assert skipped == ["step_0000004 has non-finite weights in 1 tensors"]
+    whole = model_tensors(found)
+    assert torch.equal(whole["pytorch_model_fsdp_0/model.blocks.0.w"], torch.ones(3, 2))

@@ -27,7 +27,7 @@ from sslvit.checkpoint.format import META_MODEL, CheckpointError, read_file_meta
 from sslvit.checkpoint.hub_format import HUB_SCHEME, download_files, hub_repo_id, model_config_from_hub
 from sslvit.errors import InputError
 from sslvit.files import CONFIG_FILE, WEIGHTS_FILE, sha256_file
-from sslvit.models import build_model, create_model
+from sslvit.models import FAMILIES, build_model, create_model, model_defaults, model_family
 from sslvit.progress import say
 
 
@@ -116,6 +116,28 @@ def model_from_metadata(path: str | Path, config: Any, overrides: dict[str, Any]
                               f"{err.args[0] if err.args else err}") from None
 
 
+def variant_geometry(config: dict[str, Any], model_name: str | None) -> dict[str, Any]:
+    """The geometry a checkpoint's model is rebuilt with when ``model_name`` asks for another one:
+    for a family that declares ``load_geometry`` (Swin: ``window_size``, ``img_size``), a
+    ``model_name`` of the checkpoint's family whose window differs from the checkpoint's gives its
+    values of those options (SimMIM's Swin-B: pretrained with windows of 6 at 192 px, fine-tuned
+    with 7 at 224; the family's ``adapt_state_dict`` resamples the tables). Otherwise nothing: the
+    checkpoint's metadata decides, as for every other option."""
+    family = config.get("family", "vit") if isinstance(config, dict) else None
+    geometry = getattr(FAMILIES.get(family or ""), "load_geometry", ())
+    if not model_name or not geometry:
+        return {}
+    try:
+        if model_family(model_name) != family:
+            return {}
+        defaults = model_defaults(model_name)
+    except KeyError:
+        return {}
+    if "window_size" not in defaults or defaults["window_size"] == config.get("window_size"):
+        return {}
+    return {k: defaults[k] for k in geometry if k in defaults}
+
+
 def _fresh_fc_norm(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """``state`` for a model built with ``fc_norm`` from a checkpoint that normalised every token:
     the checkpoint's final ``norm.*`` dropped and the model's fresh ``fc_norm.*`` kept (MAE's
@@ -135,9 +157,11 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides
     Reads an sslvit encoder or objective checkpoint (config from its metadata), a published folder
     or Hub repo (config from its ``config.json``), or a plain state dict: then the architecture is
     ``model_name`` (a registered variant or timm name) or the registered variant whose tensor
-    names and shapes it matches. A pretraining decoder (full MAE checkpoints) is dropped, saying
-    so. ``overrides`` change constructor arguments (``img_size=384`` resamples the position
-    embeddings; ``num_classes=10`` gives a fresh head).
+    names and shapes it matches; for an sslvit checkpoint, a ``model_name`` of its family with
+    another window takes that window and image size (:func:`variant_geometry`). A pretraining
+    decoder (full MAE checkpoints) is dropped, saying so. ``overrides`` change constructor
+    arguments (``img_size=384`` resamples the position embeddings; ``num_classes=10`` gives a
+    fresh head).
     """
     source = resolve_checkpoint(path)
     state, raw_meta = read_state_dict(source.weights)
@@ -149,7 +173,8 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, **overrides
             config = json.loads(model_json)
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{source.weights}: its {META_MODEL} metadata is not JSON ({err})") from None
-        model = model_from_metadata(source.weights, config, overrides)
+        geometry = variant_geometry(config, model_name)
+        model = model_from_metadata(source.weights, config, {**geometry, **overrides})
     elif model_name is not None:
         model = create_model(model_name, **{**named_options(model_name, body, source.spec), **overrides})
     elif source.config is not None:

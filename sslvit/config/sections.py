@@ -205,7 +205,8 @@ class ObjectiveConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule (all counted in optimizer steps)."""
 
-    name: Literal["adamw", "adam"] = opt("adamw", "optimizer: 'adamw' (decoupled weight decay) or 'adam'")
+    name: Literal["adamw", "adam", "sgd"] = opt(
+        "adamw", "optimizer: 'adamw' (decoupled weight decay), 'adam', or 'sgd' (momentum optim.momentum, L2 decay)")
     lr: float | None = opt(None, "peak learning rate; null = optim.base_lr * global batch / 256", gt=0)
     base_lr: float = opt(
         1.5e-4,
@@ -215,6 +216,7 @@ class OptimConfig:
     min_lr: float = opt(0.0, "learning rate at the end of the decay schedule", ge=0)
     weight_decay: float = opt(0.05, "weight decay (none on norms, biases, position embeddings, tokens)", ge=0)
     betas: tuple[float, float] = opt((0.9, 0.95), "Adam betas (beta1, beta2)", ge=0, lt=1)
+    momentum: float = opt(0.9, "SGD momentum (optim.name=sgd; the Adam optimizers use optim.betas)", ge=0, lt=1)
     warmup_steps: int | None = opt(
         None,
         "linear warmup length in optimizer steps; null = optim.warmup_epochs * steps per epoch",
@@ -229,6 +231,12 @@ class OptimConfig:
         0.0,
         "learning rate at step 0, rising linearly to the peak over the warmup (MAE: 0; SimMIM: 5e-7)",
         ge=0,
+    )
+    warmup_prefix: bool = opt(
+        True,
+        "cosine / linear: true = the decay spans the steps after the warmup (MAE's; timm's warmup_prefix=True, "
+        "Swin's); false = it spans the whole run from step 0 and the warmup takes the place of its start "
+        "(timm's default, SimMIM's fine-tune: at the warmup's end the lr drops from the peak to the decay's value)",
     )
     schedule: Literal["cosine", "linear", "constant", "multistep"] = opt(
         "cosine",

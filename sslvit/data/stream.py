@@ -213,6 +213,7 @@ class StreamLoader:
         self.reader_pids: list[int] = []  # process id of every reader in the last pass (reader order)
         self.epoch = 0
         self.stats: dict[str, int] = {}
+        self._said_routine = False  # an epoch's dropped_last / dropped_extra counts are said once
         self.class_names = shards.class_names
         self.mean, self.std = shards.mean, shards.std
         G, c = cfg.global_batch, cfg.per_stream
@@ -340,10 +341,13 @@ class StreamLoader:
             expected += 1
             if expected == self.num_batches:
                 self.stats = dict(counts)
-                if counts:
+                routine = set(counts) <= {"dropped_extra", "dropped_last"}
+                if counts and not (routine and self._said_routine):
+                    self._said_routine = self._said_routine or routine
                     lost = sum(n for reason, n in counts.items() if reason not in LOST_SAMPLES)
-                    logger.warning("rank %d epoch %d done: skipped %d samples by reason %s", self.cfg.rank,
-                                   epoch, lost, self.stats)
+                    logger.warning("rank %d epoch %d done: skipped %d samples by reason %s%s", self.cfg.rank,
+                                   epoch, lost, self.stats,
+                                   " (the same every epoch; said once)" if routine else "")
             yield batch
         self._check_pass(this_pass, epoch)
         if expected != self.num_batches:

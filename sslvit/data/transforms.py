@@ -39,14 +39,16 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 class ImageTransform:
     """Crop box -> bicubic antialiased resize -> tensor ops; output uint8 (3, out_h, out_w).
 
-    geometry: "random_resized_crop" (``scale``, ``ratio`` as in torchvision), "center" (resize the
-    shorter side to ``size / crop_pct`` then centre crop ``size``), or "none" (whole image resized).
+    geometry: "random_resized_crop" (``scale``, ``ratio`` as in torchvision: up to ten draws, then a
+    centre fallback), "random_resized_crop_once" (one draw clamped to the image: MAE's linear-probe
+    ``util/crop.py``, after BYOL's TF code), "center" (resize the shorter side to ``size / crop_pct``
+    then centre crop ``size``), or "none" (whole image resized).
     """
 
     def __init__(self, size: int | Sequence[int], geometry: str = "random_resized_crop",
                  scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  crop_pct: float = 0.875, ops: Sequence[Callable] = ()) -> None:
-        if geometry not in ("random_resized_crop", "center", "none"):
+        if geometry not in ("random_resized_crop", "random_resized_crop_once", "center", "none"):
             raise ValueError(f"unknown geometry {geometry!r}")
         self.size = _pair(size)
         self.geometry = geometry
@@ -69,6 +71,8 @@ class ImageTransform:
             factor = min(width, height) / resize
             crop_h, crop_w = min(height, round(out_h * factor)), min(width, round(out_w * factor))
             return (height - crop_h) // 2, (width - crop_w) // 2, max(1, crop_h), max(1, crop_w)
+        if self.geometry == "random_resized_crop_once":
+            return _one_draw_crop_box(width, height, self.scale, self.ratio)
         return _random_resized_crop_box(width, height, self.scale, self.ratio)
 
     def reduction(self, box: Box) -> int:
@@ -91,6 +95,19 @@ class ImageTransform:
         if not isinstance(image, torch.Tensor):
             image = F.pil_to_tensor(image.convert("RGB"))
         return self.apply(image, self.sample_box(image.shape[-1], image.shape[-2]))
+
+
+def _one_draw_crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]) -> Box:
+    """MAE's ``util/crop.py`` RandomResizedCrop parameters: one area and aspect draw, the box clamped
+    to the image (the same RNG calls in the same order)."""
+    target_area = height * width * torch.empty(1).uniform_(scale[0], scale[1]).item()
+    log_ratio = torch.log(torch.tensor(ratio))
+    aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item())).item()
+    w = min(int(round(math.sqrt(target_area * aspect))), width)
+    h = min(int(round(math.sqrt(target_area / aspect))), height)
+    top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+    left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+    return top, left, max(1, h), max(1, w)
 
 
 def _random_resized_crop_box(width: int, height: int, scale: tuple[float, float],
@@ -330,9 +347,11 @@ def finetune_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)
     return ImageTransform(size, "random_resized_crop", scale=scale, ops=ops)
 
 
-def probe_transform(size: int = 224) -> ImageTransform:
-    """Linear probe training (as in MAE): RandomResizedCrop(0.08, 1) + flip, no RandAugment, no erasing."""
-    return finetune_transform(size, rand_augment=None, reprob=0.0)
+def probe_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> ImageTransform:
+    """Linear-probe training, MAE's ``main_linprobe.py``: its one-draw RandomResizedCrop(scale)
+    bicubic + horizontal flip, no RandAugment, no erasing -> uint8 (3, size, size)."""
+    return ImageTransform(size, "random_resized_crop_once", scale=scale,
+                          ops=[v2.RandomHorizontalFlip()] if hflip else [])
 
 
 def eval_transform(size: int = 224, crop_pct: float = 0.875) -> ImageTransform:

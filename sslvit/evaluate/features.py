@@ -175,8 +175,9 @@ def make_eval_loader(spec: str, image_size: int, batch_size: int, num_workers: i
                         need_labels=True, shuffle=False, shuffle_buffer=0)
 
 
-def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Features of the train and val splits of ``cfg`` (from the cache when present).
+def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None,
+                        splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """Features of the ``splits`` of ``cfg`` ("train", "val"; from the cache when present).
 
     Returns ``{"train": {"x": (N, F), "y": (N,)}, "val": {...}, "describe": {checkpoint, data,
     features}, "is_main": bool}``; the same tensors on every rank.
@@ -197,6 +198,8 @@ def features_for_config(cfg: EvalConfig, accelerator: Accelerator | None = None)
                            "describe": {"checkpoint": checkpoint, "data": {}, "features": options}}
     cache_dir = output_dir(cfg) / "features"
     for split, spec in specs.items():
+        if split not in splits:
+            continue
         identity = data_identity(spec)
         out["describe"]["data"][split] = str(Path(spec).resolve()) if Path(spec).exists() else spec
         key = hashlib.sha256(json.dumps([checkpoint["sha256"], identity, options], sort_keys=True).encode())

@@ -69,7 +69,8 @@ class FinetuneOptions:
     reprob: float = opt(0.25, "training random-erasing probability (one rectangle of per-pixel noise); 0 = off",
                          ge=0, le=1)
     head_init_std: float = opt(0.02, "std of the fresh head's truncated-normal weights (MAE's fine-tune: 2e-5; "
-                                     "timm's: 0.02); its bias starts at 0", gt=0)
+                                     "timm's: 0.02); 0 = all zeros (the ViT paper's fine-tune); its bias starts "
+                                     "at 0", ge=0)
 
 
 @dataclass
@@ -137,15 +138,31 @@ FINETUNE_MODEL_OPTIONS = ("global_pool", "pos_embed", "fc_norm")  # model.* keys
 def init_head(encoder: nn.Module, std: float) -> None:
     """Initialise the fresh classification head(s) (every linear layer of ``head`` and ``head_dist``,
     whatever the family wraps it in): truncated-normal weights of ``std`` (cut at +-2, as timm's
-    ``trunc_normal_``), zero bias. An encoder without one is an error, so the setting is never ignored."""
+    ``trunc_normal_``), or zeros with ``std`` 0 (the ViT paper's zero-initialised head), zero bias.
+    An encoder without one is an error, so the setting is never ignored."""
+    if not std >= 0:
+        raise ConfigError(f"finetune.head_init_std: {std!r} is out of range; allowed: >= 0 (0 = zeros)")
     linears = [m for name in ("head", "head_dist") if isinstance(getattr(encoder, name, None), nn.Module)
                for m in getattr(encoder, name).modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(f"finetune.head_init_std: {type(encoder).__name__} has no linear classification head")
     for linear in linears:
-        nn.init.trunc_normal_(linear.weight, std=std)
+        if std == 0:
+            nn.init.zeros_(linear.weight)
+        else:
+            nn.init.trunc_normal_(linear.weight, std=std)
         if linear.bias is not None:
             nn.init.zeros_(linear.bias)
+
+
+def set_head_type(encoder: nn.Module, num_classes: int, head_type: str) -> None:
+    """Give ``encoder`` a fresh ``head_type`` head of ``num_classes``: 'linear' drops a pretrained
+    pre-logits layer too, so the whole head is one linear layer (the ViT paper's fine-tune, vit_jax's
+    drop-head variant). Families without the option are an error, so the setting is never ignored."""
+    if not hasattr(encoder, "pre_logits") or not hasattr(encoder, "reset_classifier"):
+        raise ConfigError(f"model.head_type: {type(encoder).__name__} has no head_type option (ViT and hybrid "
+                          "encoders have); leave it null")
+    encoder.reset_classifier(num_classes, head_type)
 
 
 def num_classes_of(spec: str) -> int:
@@ -199,6 +216,8 @@ def prepare_finetune(cfg: FinetuneConfig) -> tuple[FinetuneConfig, nn.Module, di
         if getattr(cfg.model, key) is not None:
             overrides[key] = getattr(cfg.model, key)
     encoder = load_checkpoint(cfg.finetune.checkpoint, model_name=cfg.model.name or None, **overrides)
+    if cfg.model.head_type is not None:
+        set_head_type(encoder, classes, cfg.model.head_type)
     init_head(encoder, cfg.finetune.head_init_std)
     size = cfg.model.img_size or cfg.data.image_size
     if size != encoder_image_size(encoder):
@@ -312,7 +331,10 @@ FINETUNE_HELP = {
                      "checkpoint's",
     "model.class_token": "unused: the class token is the checkpoint's",
     "objective.loss": "'ce' softmax cross-entropy or 'bce' sigmoid cross-entropy",
-    "optim.name": "'adamw' or 'adam'",
+    "optim.name": "'adamw', 'adam' or 'sgd' (momentum optim.momentum)",
+    "model.head_type": "'linear': the whole head, a pretrained pre-logits layer included, becomes one fresh linear "
+                       "layer (the ViT paper's fine-tune); 'pre_logits': a fresh tanh layer + linear; null = the "
+                       "checkpoint's",
     "optim.min_lr": "lr at the end of the schedule",
     "optim.betas": "Adam betas",
     "optim.warmup_epochs": "linear warmup length in epochs (when optim.warmup_steps is null)",

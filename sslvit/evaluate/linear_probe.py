@@ -1,6 +1,11 @@
-"""Linear probing of frozen features, the MAE way: BatchNorm without affine parameters, then a linear layer.
+"""Linear probing of frozen features: BatchNorm without affine parameters, then a linear layer.
 
-Every (learning rate, weight decay) pair of the sweep is its own linear head; all heads are stacked
+Two protocols. ``fast`` (the default, for quick looks; not a paper's protocol): features of the
+centre crops are extracted once and cached, and a sweep of SGD heads is trained over them. ``mae``:
+MAE's own ``main_linprobe.py`` (LARS, batch 16384, 90 epochs, new crops through the frozen encoder
+every epoch), whose numbers stand beside the paper's; see :mod:`sslvit.evaluate.probe_mae`.
+
+In the fast protocol, every (learning rate, weight decay) pair of the sweep is its own linear head; all heads are stacked
 into one weight tensor and trained together in one pass over the cached features. The pair is
 chosen on a held-out part of the *training* split (:func:`fit_probe` never sees the validation
 split), then, by default, refit on the whole training split. Only the chosen head is evaluated on
@@ -9,26 +14,31 @@ the validation split.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 
-from sslvit.config import check_tree
+from sslvit.config import ConfigError, check_tree
 from sslvit.evaluate.common import EvalConfig, opt, output_dir, topk_accuracy, write_metrics
 from sslvit.evaluate.features import features_for_config
+from sslvit.evaluate.probe_mae import MaeProbeOptions, run_mae_probe
 from sslvit.progress import progress, say
 
 
 @dataclass
 class ProbeConfig(EvalConfig):
-    """Options of ``sslvit probe``."""
+    """Options of ``sslvit probe``: the shared ones, the fast protocol's, and the ``mae`` section."""
 
+    protocol: Literal["fast", "mae"] = opt("fast", "fast: cached centre-crop features and an SGD sweep (quick; "
+                                                   "not a paper's protocol); mae: MAE's linear probe (LARS, "
+                                                   "batch 16384, 90 epochs, new crops every epoch; mae.* keys)")
     lrs: tuple[float, ...] = opt((0.01, 0.03, 0.1, 0.3, 1.0, 3.0), "base learning rates swept (SGD, "
                                                                     "scaled by probe_batch_size / 256)", gt=0)
     weight_decays: tuple[float, ...] = opt((0.0, 1e-4, 1e-3), "weight decays swept", ge=0)
@@ -39,6 +49,28 @@ class ProbeConfig(EvalConfig):
     holdout_fraction: float = opt(0.1, "share of each training class held out to choose the sweep point; "
                                        "0 = none: the sweep's first lr and weight decay are used", ge=0, lt=1)
     refit: bool = opt(True, "retrain the chosen head on the whole training split before validation")
+    mae: MaeProbeOptions = field(default_factory=MaeProbeOptions)
+
+
+FAST_ONLY = ("lrs", "weight_decays", "epochs", "warmup_epochs", "probe_batch_size", "momentum",
+             "holdout_fraction", "refit")
+FAST_NOTE = ("fast protocol: cached centre-crop features and an SGD sweep; quick, and not a paper's protocol "
+             "(for a number beside MAE's: --protocol mae)")
+
+
+def check_protocol(cfg: ProbeConfig) -> None:
+    """Refuse options of the protocol that does not run (a key that would be ignored), naming it."""
+    default = ProbeConfig()
+    if cfg.protocol == "fast":
+        changed = [f.name for f in dataclasses.fields(MaeProbeOptions)
+                   if getattr(cfg.mae, f.name) != getattr(default.mae, f.name)]
+        if changed:
+            raise ConfigError(f"mae.{changed[0]}: an option of --protocol mae; add --protocol mae or leave it out")
+        return
+    changed = [k for k in FAST_ONLY if getattr(cfg, k) != getattr(default, k)]
+    if changed:
+        raise ConfigError(f"{changed[0]}: an option of --protocol fast, which does not run; --protocol "
+                          f"mae takes mae.* ({', '.join(f.name for f in dataclasses.fields(MaeProbeOptions))})")
 
 
 class StackedProbe(nn.Module):
@@ -176,10 +208,14 @@ def evaluate_probe(probe: StackedProbe, x: torch.Tensor, y: torch.Tensor) -> dic
 def run_linear_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Extract (or reuse) features, fit the probe on the training split, report the validation split.
 
-    Writes ``<out_dir>/linear_probe.json`` from the main process and returns the metrics dict. Values
-    out of their ranges are refused (``ConfigError``) before any work.
+    Writes ``<out_dir>/linear_probe.json`` (``linear_probe_mae.json`` for ``protocol="mae"``) from
+    the main process and returns the metrics dict. Values out of their ranges, and options of the
+    other protocol, are refused (``ConfigError``) before any work.
     """
     check_tree(cfg)
+    check_protocol(cfg)
+    if cfg.protocol != "fast":
+        return run_mae_probe(cfg)
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one
@@ -193,7 +229,7 @@ def run_linear_probe(cfg: ProbeConfig) -> dict[str, Any]:
         **feats["describe"],
         "chosen": {"lr": fitted["lr"], "weight_decay": fitted["weight_decay"]},
         "protocol": {
-            "epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.probe_batch_size,
+            "name": "fast", "note": FAST_NOTE, "epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.probe_batch_size,
             "momentum": cfg.momentum, "holdout_fraction": cfg.holdout_fraction, "refit": cfg.refit,
             "holdout_size": fitted["holdout_size"],
         },

@@ -23,6 +23,7 @@ TASKS = {
     "finetune": "Fine-tuning",
 }
 SPLITS = ("train", "val", "validation", "test")
+PROTOCOLS = {"fast": "sslvit's fast sweep, not a paper's protocol", "mae": "MAE's protocol"}
 
 
 @dataclass
@@ -35,9 +36,12 @@ class EvalResult:
     top1: float
     top5: float | None
     source: str
+    protocol: str = ""  # a linear probe's protocol: "fast" (sslvit's quick sweep) or "mae"
 
     @property
     def task_name(self) -> str:
+        if self.protocol:
+            return f"{TASKS[self.task][:-1]}; {PROTOCOLS.get(self.protocol, self.protocol + ' protocol')})"
         return TASKS[self.task]
 
 
@@ -110,4 +114,6 @@ def read_metrics(
             '(expected "checkpoint": {"path": ..., "sha256": ...})'
         )
     dataset, split = _dataset(record)
-    return EvalResult(task, dataset, split, float(top1), None if top5 is None else float(top5), path.name)
+    protocol = record.get("protocol")
+    name = str(protocol.get("name", "")) if isinstance(protocol, dict) and task == "linear_probe" else ""
+    return EvalResult(task, dataset, split, float(top1), None if top5 is None else float(top5), path.name, name)

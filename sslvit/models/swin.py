@@ -18,9 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslvit.errors import InputError
 from sslvit.models.encoder import Encoder, replace_masked
 from sslvit.models.registry import variant
-from sslvit.models.swin_layers import PatchMerging, SwinPatchEmbed, SwinStage, clip_window
+from sslvit.models.swin_layers import (
+    PatchMerging,
+    SwinPatchEmbed,
+    SwinStage,
+    clip_window,
+    resample_bias_table,
+)
+from sslvit.progress import say
 
 # architecture arguments of timm's variants (all at img_size 224, mlp_ratio 4, qkv_bias)
 TIMM_VARIANTS: dict[str, dict[str, Any]] = {
@@ -29,6 +37,8 @@ TIMM_VARIANTS: dict[str, dict[str, Any]] = {
     "swin_base_patch4_window7_224": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
 }
 _TIMM_COMMON = dict(patch_size=4, window_size=7, mlp_ratio=4.0, qkv_bias=True, in_chans=3)
+# buffers of other Swin implementations rebuilt from the geometry here (SimMIM deletes them too)
+_REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
 def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -41,6 +51,8 @@ class SwinTransformer(Encoder):
 
     family = "swin"
     supports = frozenset({"mask_token"})
+    # constructor arguments a checkpoint may be loaded into with other values (its bias tables resampled)
+    load_geometry = ("window_size", "img_size")
     lacks = {
         "token_drop": "shifted-window attention needs every token of the grid; hidden patches cannot be dropped",
         "patch_tokens": "patch merging makes the output grid coarser than the patch grid "
@@ -278,8 +290,11 @@ class SwinTransformer(Encoder):
         return flops + (2 * self.num_features * self.num_classes if include_head else 0)
 
     def timm_spec(self) -> dict[str, Any]:
-        """timm's name for this architecture (the variant itself, else Swin-T's) and the arguments on top."""
-        name = self.arch if self.arch in TIMM_VARIANTS else "swin_tiny_patch4_window7_224"
+        """timm's name for this architecture (the variant itself, else the timm variant of the same
+        width, depths and heads, else Swin-T's) and the arguments on top."""
+        dims = {k: self._config[k] for k in ("embed_dim", "depths", "num_heads")}
+        same = [n for n, args in TIMM_VARIANTS.items() if args == dims]
+        name = self.arch if self.arch in TIMM_VARIANTS else (same or ["swin_tiny_patch4_window7_224"])[0]
         base = {**_TIMM_COMMON, **TIMM_VARIANTS[name]}
         ours = {k: self._config[k] for k in base}
         args = {k: v for k, v in ours.items() if v != base[k]}
@@ -289,6 +304,34 @@ class SwinTransformer(Encoder):
         if self._img != (224, 224):
             args["img_size"] = self._config["img_size"]
         return {"architecture": name, "model_args": args, "exact": exact}
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint of another window size made to fit: every ``relative_position_bias_table``
+        with another number of offsets than this model's is resampled to this model's window as
+        SimMIM's fine-tuning does (:func:`~sslvit.models.swin_layers.resample_bias_table`), saying
+        so in one line; ``relative_position_index`` / ``attn_mask`` (buffers rebuilt from this
+        model's geometry) are dropped when the checkpoint carries them."""
+        own = self.state_dict()
+        state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _REBUILT_BUFFERS}
+        changed: dict[str, tuple[int, int, int]] = {}  # key -> offsets per side before, (rows, columns) after
+        for key, table in state.items():
+            if not key.endswith("relative_position_bias_table") or key not in own:
+                continue
+            mine = own[key]
+            if table.ndim != 2 or table.shape == mine.shape or table.shape[1] != mine.shape[1]:
+                continue  # same shape, or not a table this model can take: the strict load names it
+            window = self.get_submodule(key.rsplit(".", 1)[0]).window
+            try:
+                state[key] = resample_bias_table(table, window)
+            except InputError as err:
+                raise InputError(f"{key}: {err}") from None
+            changed[key] = (round(table.shape[0] ** 0.5), 2 * window[0] - 1, 2 * window[1] - 1)
+        if changed:
+            sides = sorted(set(changed.values()))
+            shown = ", ".join(f"{a} x {a} -> {h} x {w}" for a, h, w in sides)
+            say(f"{len(changed)} relative_position_bias_table(s) resampled to this model's windows "
+                f"({shown} offsets) by SimMIM's geometric bicubic interpolation")
+        return state
 
     @classmethod
     def owns_state_dict(cls, state: dict[str, torch.Tensor]) -> bool:
@@ -304,6 +347,14 @@ MODELS = {
         name: variant(SwinTransformer, name, img_size=224, **_TIMM_COMMON, **args)
         for name, args in TIMM_VARIANTS.items()
     },
+    # SimMIM's Swin-B pretraining geometry: 192 px, windows of 6 (stage grids 48, 24, 12, 6)
+    "swin_base_patch4_window6_192": variant(
+        SwinTransformer,
+        "swin_base_patch4_window6_192",
+        img_size=192,
+        **{**_TIMM_COMMON, "window_size": 6},
+        **TIMM_VARIANTS["swin_base_patch4_window7_224"],
+    ),
     # CPU size for 32 px digits: 16 x 16 patches of 2 px, windows of 4, three stages (16, 8, 4 grids)
     "swin_nano_patch2_window4_32": variant(
         SwinTransformer,

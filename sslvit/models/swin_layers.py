@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslvit.errors import InputError
 from sslvit.models.layers import DropPath, Mlp
 
 Pair = tuple[int, int]
@@ -77,6 +78,90 @@ def shifted_window_mask(
     windows = window_partition(label[None, :, :, None], window).squeeze(-1)  # (nW, A)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def simmim_offsets(src_side: int, dst_side: int) -> tuple[list[float], list[float]]:
+    """SimMIM's positions for resampling a bias table (``remap_pretrained_keys_swin``): the
+    ``src_side`` offsets of the checkpoint's table sit at 0, +-1, +-(1 + q), +-(1 + q + q^2) ...,
+    the ratio q found by bisection in [1.01, 1.5] so that the outermost lands near ``dst_side // 2``;
+    the new table's offsets are the integers -(dst_side // 2) .. dst_side // 2.
+
+    -> (source positions, ``src_side`` floats ascending; target positions, ``dst_side`` floats).
+    """
+    half = src_side // 2
+    left, right, q = 1.01, 1.5, 1.01
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q**half) / (1.0 - q) > dst_side // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1.0
+    for i in range(half):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    t = float(dst_side // 2)
+    return [-d for d in reversed(dis)] + [0.0] + dis, [-t + i for i in range(int(2 * t) + 1)]
+
+
+def _bspline_basis(knots: torch.Tensor, x: torch.Tensor, degree: int = 3) -> torch.Tensor:
+    """Cox-de Boor: the B-splines of ``degree`` on ``knots`` (K,) at ``x`` (N,), inside
+    [knots[0], knots[-1]] (the right end belongs to the last interval) -> (N, K - degree - 1)."""
+    t, xs = knots[:, None].T, x[:, None]  # (1, K), (N, 1)
+    basis = ((t[:, :-1] <= xs) & (xs < t[:, 1:])).to(x.dtype)  # (N, K - 1), degree 0
+    last = int(torch.nonzero(knots[:-1] < knots[1:]).max())
+    basis[x >= knots[-1], last] = 1.0
+    for d in range(1, degree + 1):
+        n = basis.shape[1] - 1
+        lo, hi = t[:, :n], t[:, d : d + n]  # t_i, t_{i+d}
+        lo1, hi1 = t[:, 1 : 1 + n], t[:, d + 1 : d + 1 + n]  # t_{i+1}, t_{i+d+1}
+        a = torch.where(hi > lo, (xs - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)
+        b = torch.where(hi1 > lo1, (hi1 - xs) / torch.where(hi1 > lo1, hi1 - lo1, 1.0), 0.0)
+        basis = a * basis[:, :n] + b * basis[:, 1:]
+    return basis
+
+
+def cubic_interpolation_matrix(x: list[float], xq: list[float]) -> torch.Tensor:
+    """The linear map from values at ``x`` (M ascending points, M >= 4) to the interpolating cubic
+    spline's values at ``xq`` -> (Q, M) float64. The spline is FITPACK's for smoothing 0 (scipy's
+    ``interp2d(kind='cubic')`` / ``RectBivariateSpline``, one axis): knots at the ends (4-fold) and
+    at x[2] .. x[M - 3] (not-a-knot); points outside [x[0], x[M - 1]] take the value at the nearer end,
+    as FITPACK's evaluation clamps them."""
+    if len(x) < 4:
+        raise InputError(f"a cubic spline needs at least 4 points per axis, got {len(x)}")
+    pts = torch.tensor(x, dtype=torch.float64)
+    knots = torch.cat([pts[:1].repeat(4), pts[2:-2], pts[-1:].repeat(4)])
+    query = torch.tensor(xq, dtype=torch.float64).clamp(pts[0], pts[-1])
+    collocation = _bspline_basis(knots, pts)  # (M, M)
+    return torch.linalg.solve(collocation.T, _bspline_basis(knots, query).T).T
+
+
+def resample_bias_table(table: torch.Tensor, window: Pair) -> torch.Tensor:
+    """A relative-position bias table of a square window resampled to ``window`` (h, w), as
+    SimMIM's fine-tuning does (``utils.remap_pretrained_keys_swin``): per head, the (2W - 1, 2W - 1)
+    grid of offsets placed at :func:`simmim_offsets` and interpolated with a bicubic spline at the
+    integer offsets of the new window (the offsets 0 and +-1 keep their values exactly).
+
+    table: ((2W - 1)^2, heads) -> ((2h - 1) * (2w - 1), heads), the table's dtype; rows (dy, dx)
+    row-major, as :func:`relative_position_index` reads them.
+    """
+    rows, heads = table.shape
+    side = round(rows**0.5)
+    if side * side != rows or side % 2 == 0:
+        raise InputError(
+            f"a relative-position bias table of {rows} rows is not the (2W - 1)^2 offsets of a square window"
+        )
+    if side < 5:
+        raise InputError(
+            f"a window of {(side + 1) // 2} has a {side} x {side} bias table; SimMIM's bicubic resampling needs "
+            "at least 4 offsets per axis (a window of 3 or more)"
+        )
+    grid = table.detach().to(torch.float64).reshape(side, side, heads)  # (dy, dx, heads)
+    maps = [
+        cubic_interpolation_matrix(*simmim_offsets(side, 2 * w - 1)).to(grid.device) for w in window
+    ]  # (2h - 1, side), (2w - 1, side)
+    out = torch.einsum("ay,yxh,bx->abh", maps[0], grid, maps[1])  # (2h - 1, 2w - 1, heads)
+    return out.reshape(-1, heads).to(table.dtype)
 
 
 class WindowAttention(nn.Module):

@@ -407,22 +407,64 @@ def validate_checkpoint(path: Path, total_steps: int | None = None, verify_files
 # comparing runs -----------------------------------------------------------------------------
 
 
-def last_finite_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint of ``run_dir`` whose weights are all finite, and a note for each newer
-    one passed over (unreadable or holding NaN / inf)."""
+def _sharded_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a torch.distributed.checkpoint folder (FSDP's sharded ``pytorch_model_fsdp_N/``),
+    read whole in this process without a process group; nested names joined with dots."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict[str, Any] = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    flat: dict[str, torch.Tensor] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, torch.Tensor):
+            flat[prefix] = value
+
+    visit("", state)
+    return flat
+
+
+def model_tensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """The model weights of checkpoint ``path`` by name, whatever form accelerate wrote them in
+    (``model*.safetensors``; under FSDP ``pytorch_model_fsdp*.bin`` or the sharded folders
+    ``pytorch_model_fsdp_N/``); None when it holds none. Unreadable files raise."""
     from safetensors.torch import load_file
 
+    found: dict[str, torch.Tensor] = {}
+    parts = sorted(path.glob("model*.safetensors")) + sorted(path.glob("pytorch_model_fsdp*"))
+    for part in parts:
+        if part.is_dir():
+            found.update({f"{part.name}/{k}": v for k, v in _sharded_tensors(part).items()})
+        elif part.suffix == ".safetensors":
+            found.update({f"{part.name}/{k}": v for k, v in load_file(str(part)).items()})
+        elif part.suffix == ".bin":
+            loaded = torch.load(str(part), map_location="cpu", weights_only=True)
+            found.update({f"{part.name}/{k}": v for k, v in loaded.items() if isinstance(v, torch.Tensor)})
+    return found if parts else None
+
+
+def last_finite_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of ``run_dir`` whose weights are all finite (in any of the forms
+    :func:`model_tensors` reads, FSDP's sharded one included), and a note for each newer one passed
+    over (unreadable, without weights, or holding NaN / inf)."""
     skipped: list[str] = []
     for path in reversed(list_checkpoints(run_dir)):
-        files = sorted(path.glob("model*.safetensors"))
         try:
-            bad = [k for f in files for k, v in load_file(str(f)).items() if v.is_floating_point() and not v.isfinite().all()]
-        except Exception as err:  # safetensors raises its own error types for bad files
+            tensors = model_tensors(path)
+        except Exception as err:  # safetensors / torch.distributed.checkpoint raise their own error types
             skipped.append(f"{path.name} is unreadable: {err}")
             continue
-        if not files:
+        if tensors is None:
             skipped.append(f"{path.name} holds no model weights")
-        elif bad:
+            continue
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
             skipped.append(f"{path.name} has non-finite weights in {len(bad)} tensors")
         else:
             return path, skipped

@@ -76,6 +76,7 @@ def lr_at(
     warmup_lr: float = 0.0,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    warmup_prefix: bool = True,
 ) -> float:
     """Learning rate at optimizer step ``step`` (0-based): linear warmup, then the decay schedule.
 
@@ -84,7 +85,9 @@ def lr_at(
     and timm's schedulers with ``warmup_lr_init`` (SimMIM). After it, ``cosine`` (half a cycle from
     the peak to ``min_lr`` over the remaining steps, MAE's), ``linear``, ``constant``, or
     ``multistep`` (the peak times ``gamma`` for each of ``milestones`` (steps, counted from step 0)
-    already reached, as timm's ``MultiStepLRScheduler``; SimMIM's ViT recipe).
+    already reached, as timm's ``MultiStepLRScheduler``; SimMIM's ViT recipe). With
+    ``warmup_prefix`` False, ``cosine`` / ``linear`` run over all ``total_steps`` from step 0 and the
+    warmup replaces their start (timm's schedulers without ``warmup_prefix``; SimMIM's fine-tune).
     """
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_lr + (peak_lr - warmup_lr) * step / warmup_steps
@@ -92,8 +95,9 @@ def lr_at(
         return peak_lr
     if schedule == "multistep":
         return peak_lr * gamma ** bisect.bisect_right(sorted(milestones), step)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    start = warmup_steps if warmup_prefix else 0
+    span = max(1, total_steps - start)
+    progress = min(1.0, (step - start) / span)
     if schedule == "linear":
         return min_lr + (peak_lr - min_lr) * (1.0 - progress)
     if schedule == "cosine":
@@ -108,8 +112,11 @@ def build_optimizer(
     betas: tuple[float, float],
     layer_decay: float | None = None,
     no_decay: Sequence[str] | None = None,
+    momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam over :func:`param_groups`; lr is set per step later.
+    """AdamW (decoupled weight decay), Adam, or SGD with (heavy-ball) ``momentum`` and L2 weight decay
+    over :func:`param_groups`; lr is set per step later. ``betas`` is the Adam optimizers',
+    ``momentum`` SGD's (the ViT paper's fine-tune: SGD, momentum 0.9).
 
     The fused implementation is used (one kernel over all parameters, CPU and CUDA); parameters are
     expected on their final device before the optimizer is built, as accelerate's ``prepare`` does.
@@ -123,6 +130,10 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=0.0, betas=betas, fused=fused)
     if name == "adam":
         return torch.optim.Adam(groups, lr=0.0, betas=betas, fused=fused)
+    if name == "sgd":
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"optim.momentum: {momentum!r} is out of range; allowed: 0 <= momentum < 1")
+        return torch.optim.SGD(groups, lr=0.0, momentum=momentum, fused=fused)
     raise ValueError(f"optim.name: unknown optimizer {name!r}")
 
 

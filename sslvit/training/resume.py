@@ -49,9 +49,11 @@ ADDED_KEYS: dict[str, object] = {
     "model.layer_scale_init": None,
     "model.weight_init": None,
     "optim.warmup_lr": 0.0,
+    "optim.warmup_prefix": True,
     "optim.milestones": [],
     "optim.gamma": 0.1,
     "optim.no_decay": None,
+    "optim.momentum": 0.9,
     "objective.rand_augment": "",
     "objective.reprob": 0.0,
 }

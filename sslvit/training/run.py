@@ -105,11 +105,12 @@ class Schedule:
     warmup_lr: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    warmup_prefix: bool = True
 
     def lr(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         return lr_at(step, self.peak_lr, self.total_steps, self.warmup_steps, self.min_lr, self.kind,
-                     self.warmup_lr, self.milestones, self.gamma)
+                     self.warmup_lr, self.milestones, self.gamma, self.warmup_prefix)
 
 
 @dataclass
@@ -178,7 +179,8 @@ def _schedule(cfg: RunConfig, steps_per_epoch: int, global_batch: int) -> Schedu
         say(f"warning: the warmup ({warmup} steps, {source}) is as long as the run ({total} "
             f"steps): the learning rate never reaches its peak {peak:.3g}")
     milestones = tuple(round(epoch * steps_per_epoch) for epoch in o.milestones)
-    return Schedule(total, warmup, peak, o.min_lr, o.schedule, o.warmup_lr, milestones, o.gamma)
+    return Schedule(total, warmup, peak, o.min_lr, o.schedule, o.warmup_lr, milestones, o.gamma,
+                    o.warmup_prefix)
 
 
 def _write_run_files(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, resume: Any, record: RunRecord) -> None:
@@ -274,7 +276,8 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
     global_batch = cfg.data.batch_size * options.grad_accum * world
     schedule = _schedule(cfg, max(1, len(loader) // options.grad_accum), global_batch)
     optimizer = build_optimizer(
-        objective, cfg.optim.name, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, cfg.optim.no_decay
+        objective, cfg.optim.name, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, cfg.optim.no_decay,
+        cfg.optim.momentum,
     )
     prepared, optimizer = accelerator.prepare(objective, optimizer)
     plain = accelerator.unwrap_model(prepared)

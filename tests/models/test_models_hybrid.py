@@ -74,7 +74,7 @@ def test_registry_and_defaults() -> None:
     assert "leaks" in HybridVisionTransformer.lacks["patch_tokens"]
 
 
-@pytest.mark.parametrize("name", ["vit_small_r26_s32_224", "vit_base_r50_s16_224"])
+@pytest.mark.parametrize("name", ["vit_small_r26_s32_224", "vit_base_r50_s16_224", "vit_base_r50_s16_384"])
 def test_state_dict_equals_timm(name: str) -> None:
     with torch.device("meta"):
         ours = create_model(name, num_classes=1000)
@@ -82,6 +82,40 @@ def test_state_dict_equals_timm(name: str) -> None:
     ours_keys = [(k, tuple(v.shape)) for k, v in ours.state_dict().items()]
     assert ours_keys == [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
     assert ours.num_params() == sum(p.numel() for p in theirs.parameters()) == KNOWN_PARAMS[name]
+
+
+def test_r50_recipes_build_timms_vit_base_r50_s16_384() -> None:
+    """supervised_vit_base_r50_s16_in21k builds timm's R50+ViT-B/16 with 21,843 classes and the
+    pre-logits layer; finetune_vit_base_r50_s16_384 turns it into timm's vit_base_r50_s16_384 (the
+    architecture of vit_base_r50_s16_384.orig_in21k_ft_in1k): one linear 1000-class head, 24 x 24 grid."""
+    from pathlib import Path
+
+    from sslvit.evaluate.common import load_config
+    from sslvit.evaluate.finetune import FinetuneConfig, set_head_type
+    from sslvit.training.config import load
+    from sslvit.training.run import build_encoder
+
+    configs = Path(__file__).resolve().parents[2] / "sslvit" / "configs"
+    pretrain = load(configs / "supervised_vit_base_r50_s16_in21k.yaml")
+    finetune = load_config(FinetuneConfig, configs / "finetune_vit_base_r50_s16_384.yaml",
+                           ["finetune.checkpoint=unused.safetensors"])
+    with torch.device("meta"):
+        ours = build_encoder(pretrain)
+        in21k = timm.create_model("vit_base_r50_s16_224", pretrained=False, num_classes=21843)
+        in1k = timm.create_model("vit_base_r50_s16_384", pretrained=False)
+    shapes = [(k, tuple(v.shape)) for k, v in ours.state_dict().items()]
+    head = [("pre_logits.fc.weight", (768, 768)), ("pre_logits.fc.bias", (768,))]
+    assert [s for s in shapes if not s[0].startswith("pre_logits")] == [
+        (k, tuple(v.shape)) for k, v in in21k.state_dict().items()]
+    assert [s for s in shapes if s[0].startswith("pre_logits")] == head
+    assert ours.num_params() == sum(p.numel() for p in in21k.parameters()) + 768 * 768 + 768
+    set_head_type(ours, finetune.objective.num_classes, finetune.model.head_type)
+    ours.set_img_size(finetune.data.image_size)
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in in1k.state_dict().items()]
+    assert ours.state_dict()["pos_embed"].shape == (1, 1 + 24 * 24, 768)
+    assert ours.num_params() == KNOWN_PARAMS["vit_base_r50_s16_384"]
+    assert ours.timm_spec()["architecture"] == "vit_base_r50_s16_384" and ours.timm_spec()["exact"] is True
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_PARAMS))

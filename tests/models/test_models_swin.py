@@ -42,7 +42,7 @@ def _pico_pair(img_size: int = 32, num_classes: int = 10) -> tuple[SwinTransform
 
 
 def test_registry_and_capabilities() -> None:
-    assert set(list_models("swin")) == {*STANDARD, NANO, PICO}
+    assert set(list_models("swin")) == {*STANDARD, "swin_base_patch4_window6_192", NANO, PICO}
     assert SwinTransformer.supports == {"mask_token"}
     assert set(SwinTransformer.lacks) == {"token_drop", "patch_tokens", "attention_maps"}
 

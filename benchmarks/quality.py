@@ -9,6 +9,7 @@
         --tag mask60 objective.mask_ratio=0.6                # one ablation row beside its baselines
     python benchmarks/quality.py --corpus digits --repeats 1 2 --finetune-steps 0   # data.repeats=1 vs 2
     python benchmarks/quality.py --corpus digits --no-supervised --positions learned --finetune-epochs 20
+    python benchmarks/quality.py --corpus digits --per-second     # quality per second: MAE vs data2vec2
 
 Modes:
 
@@ -23,6 +24,10 @@ Modes:
   first K's run sets the count (its printed "N steps"), the others get ``train.steps=N`` (and that
   run's warmup as ``optim.warmup_steps`` when the recipe counts warmup in epochs), so a K-fold
   repeat sees 1/K of the epochs.
+- quality per second (``--per-second``): every recipe (default: the corpus's ``curve``, MAE's
+  first) pretrained for 1/4, 1/2 and 1 of the first recipe's wall time (``--fractions``), side by
+  side in one run, probed and kNN-evaluated; a table and a PNG plot against the pixel and best
+  random-ViT baselines (see ``quality_curve.py``).
 
 For the chosen corpus (``digits``: 1,437 train / 360 val; ``fashion-mnist``: 55,000 train, the
 official 10,000 test images for reporting) every encoder goes through the linear probe, kNN and
@@ -59,6 +64,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quality_curve import per_second  # noqa: E402
 from quality_lib import (  # noqa: E402
     ROOT,
     encoder_file,
@@ -82,6 +88,7 @@ class Corpus:
     train: str
     report: str
     recipes: tuple[str, ...]
+    curve: tuple[str, ...]  # --per-second: the reference (MAE) first
     supervised: str
     finetune: tuple[str, ...]  # fine-tune overrides besides the budget (steps or epochs)
     finetune_steps: int
@@ -92,12 +99,14 @@ class Corpus:
 CORPORA = {
     "digits": Corpus(
         title="Digits (scikit-learn: 1,437 train / 360 val, 32 px), val top-1",
-        train="digits:train", report="digits:val", recipes=("default",), supervised="supervised_digits",
+        train="digits:train", report="digits:val", recipes=("default",),
+        curve=("default", "data2vec2_digits"), supervised="supervised_digits",
         finetune=("data.batch_size=32",), finetune_steps=900),
     "fashion-mnist": Corpus(
         title="Fashion-MNIST (55,000 train / official 10,000 test, 28 px crops of 32 px images), test top-1",
         train="fashion-mnist:train", report="fashion-mnist:test",
         recipes=("mae_fashion_mnist", "simmim_fashion_mnist", "mpp_fashion_mnist"),
+        curve=("mae_fashion_mnist", "data2vec2_fashion_mnist"),
         supervised="supervised_fashion_mnist",
         finetune=("data.batch_size=64", "data.hflip=true", "data.crop_scale=0.4,1.0", "finetune.eval_crop_pct=1.0",
                   "optim.warmup_steps=30"),
@@ -230,11 +239,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisations (default: %(default)s)")
     parser.add_argument("--repeats", type=int, nargs="+", default=None, metavar="K",
                         help="pretrain the (first) recipe once per K with data.repeats=K, all for the first run's steps")
+    parser.add_argument("--per-second", action="store_true",
+                        help="quality per second: each --recipes (default: the corpus's curve) at fractions of the "
+                             "first one's wall time")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                        help="budgets of --per-second as fractions of the first recipe's time (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="overrides for every recipe (objective.* ones not for the supervised ceiling)")
     args = parser.parse_args(argv)
     if args.checkpoint and (args.recipes or args.repeats or args.overrides):
         parser.error("--checkpoint pretrains nothing: --recipes, --repeats and overrides have no effect with it")
+    if args.per_second and (args.checkpoint or args.repeats):
+        parser.error("--per-second pretrains the recipes itself: not with --checkpoint or --repeats")
     if args.checkpoint and not encoder_file(args.checkpoint).is_file():
         parser.error(f"no such checkpoint {encoder_file(args.checkpoint)}")
     if args.finetune_epochs is not None:
@@ -256,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     out = out if out.is_absolute() else (ROOT / out).resolve()
     start = time.time()
 
+    if args.per_second:
+        text = per_second(args, corpus, out, evaluate, random_twins, list(args.recipes or corpus.curve))
+        print("\n" + text + "\nCommand: python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        return 0
     rows: dict[str, Row] = {}
     encoders: dict[str, Path] = {}
     recipes = list(args.recipes or corpus.recipes)

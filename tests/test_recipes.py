@@ -61,7 +61,8 @@ def test_the_document_covers_the_recipes_it_names():
     assert {"mae_vit_base", "mae_vit_large", "finetune_mae_vit_base", "simmim_vit_base", "supervised_swin_tiny",
             "supervised_poolformer_s12", "supervised_tnt_s", "mae_vit_huge", "finetune_mae_vit_large",
             "finetune_mae_vit_huge", "supervised_vit_base", "mpp_vit_base", "supervised_vit_base_r50_s16_in21k",
-            "finetune_vit_base_r50_s16_384", "simmim_swin_base", "finetune_simmim_swin_base"} <= set(TABLES)
+            "finetune_vit_base_r50_s16_384", "simmim_swin_base", "finetune_simmim_swin_base",
+            "finetune_simmim_vit_base"} <= set(TABLES)
     for name, (_, rows) in TABLES.items():
         assert (ROOT / "sslvit" / "configs" / f"{name}.yaml").is_file(), name
         assert len(rows) >= 10, name

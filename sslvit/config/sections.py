@@ -110,11 +110,13 @@ class ModelConfig:
         "pooled feature: 'token' (class token) or 'avg' (mean of patch tokens); null = the variant's",
         family_option=True,
     )
-    pos_embed: Literal["learned", "learned_2d", "sincos", "relative", "shared_relative", "none"] | None = opt(
+    pos_embed: Literal["learned", "learned_2d", "sincos", "relative", "shared_relative", "block_relative",
+                       "none"] | None = opt(
         None,
         "position embedding: 'learned' 1-D, 'learned_2d', fixed 2-D 'sincos', 'relative' attention (the ViT "
-        "paper's), 'shared_relative' (BEiT's 2-D bias shared by all blocks, SimMIM's ViT) or 'none'; null = the "
-        "variant's",
+        "paper's), 'shared_relative' (BEiT's 2-D bias shared by all blocks, SimMIM's ViT), 'block_relative' "
+        "(BEiT's bias, one table per block, SimMIM's ViT fine-tune; a shared_relative checkpoint's table is "
+        "copied into every block) or 'none'; null = the variant's",
         family_option=True,
     )
     pos_embed_at: Literal["input", "every_layer", "every_layer_shared"] | None = opt(

@@ -325,7 +325,8 @@ FINETUNE_HELP = {
     "model.patch_size": "unused: the patch size is the checkpoint's",
     "model.global_pool": "'token' or 'avg' pooling before the head; null = the checkpoint's",
     "model.pos_embed": "'learned' fine-tunes a sin-cos checkpoint's fixed table as a learned one (MAE's "
-                       "fine-tune); null = the checkpoint's kind",
+                       "fine-tune); 'block_relative' gives every block its own copy of a shared_relative "
+                       "checkpoint's bias table (SimMIM's ViT fine-tune); null = the checkpoint's kind",
     "model.fc_norm": "true: average-pool the raw patch tokens and normalise the pooled feature with a fresh "
                      "LayerNorm, dropping the checkpoint's final norm (MAE's global_pool fine-tune); null = the "
                      "checkpoint's",

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslvit.models.rel_pos_bias import add_relative_bias, relative_bias
+
 
 def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
@@ -58,9 +60,21 @@ class Attention(nn.Module):
     (appendix D.4): a learned embedding ``rel_pos`` (2 * T - 1, head_dim) per offset between query
     and key positions; the query's dot product with the embedding of each pair's offset is added
     to the attention logits.
+
+    With ``rel_bias_grid`` (gh, gw) it owns BEiT's 2-D relative position bias
+    (``relative_position_bias_table`` and ``relative_position_index``, timm Beit's per-block names,
+    :mod:`sslvit.models.rel_pos_bias`), added to the logits of every head.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_positions: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        rel_positions: int = 0,
+        rel_bias_grid: tuple[int, int] | None = None,
+        rel_bias_class_token: bool = True,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
@@ -74,6 +88,9 @@ class Attention(nn.Module):
             if rel_positions
             else None
         )
+        self.relative_position_bias_table = None
+        if rel_bias_grid is not None:
+            add_relative_bias(self, rel_bias_grid, num_heads, rel_bias_class_token)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (N, T, D) -> q, k, v: each (N, heads, T, D / heads)."""
@@ -94,10 +111,14 @@ class Attention(nn.Module):
     def _logit_bias(
         self, q: torch.Tensor, positions: torch.Tensor | None, bias: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """What is added to the attention logits: relative attention (``positions``) plus a given
-        ``bias`` ((heads, T, T) or (N, heads, T, T), e.g. a shared relative position bias) -> None or
-        broadcastable to (N, heads, T, T)."""
+        """What is added to the attention logits: relative attention (``positions``), this block's
+        own relative position bias (of the tokens at ``positions``, int64 (N, T), among all of them;
+        None = all, in order) and a given ``bias`` ((heads, T, T) or (N, heads, T, T), e.g. a shared
+        relative position bias) -> None or broadcastable to (N, heads, T, T)."""
         own = self._bias(q, positions)
+        if self.relative_position_bias_table is not None:
+            table = relative_bias(self.relative_position_bias_table, self.relative_position_index, positions)
+            own = table.to(q.dtype) if own is None else own + table.to(q.dtype)
         if bias is None:
             return own
         bias = bias.to(q.dtype)
@@ -176,10 +197,12 @@ class Block(nn.Module):
         layer_scale_init: float | None = None,
         norm_eps: float = 1e-6,
         rel_positions: int = 0,
+        rel_bias_grid: tuple[int, int] | None = None,
+        rel_bias_class_token: bool = True,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, rel_positions)
+        self.attn = Attention(dim, num_heads, qkv_bias, rel_positions, rel_bias_grid, rel_bias_class_token)
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

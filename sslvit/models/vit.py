@@ -15,7 +15,10 @@ The paper's position-coding ablation (appendix D.4, table 8) is two options: ``p
 ``input`` (added once, the default), ``every_layer`` (a separate table added to the input of every
 block: ``layer_pos_embed*``) or ``every_layer_shared`` (the input table added before every block).
 ``shared_relative`` is BEiT's 2-D relative position bias shared by all blocks (``rel_pos_bias.*``,
-SimMIM's ViT recipe) with no absolute table.
+SimMIM's ViT recipe) with no absolute table; ``block_relative`` gives every block its own such
+table (``blocks.{i}.attn.relative_position_bias_table``, timm Beit's ``use_rel_pos_bias``, SimMIM's
+ViT fine-tune), and a ``shared_relative`` checkpoint loads into it with the shared table copied into
+every block (:meth:`VisionTransformer.adapt_state_dict`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from sslvit.models.encoder import Encoder, block_layer_id, keep_visible, replace
 from sslvit.models.layers import Attention, Block, DropPath, LayerScale, Mlp, PatchEmbed, _pair, block_flops
 from sslvit.models.pos_embed import resample_axis, resample_pos_embed, resample_state_pos_embed, sincos_2d
 from sslvit.models.registry import variant
-from sslvit.models.rel_pos_bias import SharedRelativeBias
+from sslvit.models.rel_pos_bias import SharedRelativeBias, expand_shared_table
 from sslvit.models.vit_timm import infer_config, timm_spec
+from sslvit.progress import say
 
 __all__ = [
     "Attention",
@@ -45,7 +49,7 @@ __all__ = [
     "visible_indices",
 ]
 
-POS_EMBEDS = ("learned", "learned_2d", "sincos", "relative", "shared_relative", "none")
+POS_EMBEDS = ("learned", "learned_2d", "sincos", "relative", "shared_relative", "block_relative", "none")
 POS_EMBED_AT = ("input", "every_layer", "every_layer_shared")
 WEIGHT_INITS = ("mae", "beit")  # MAE's / timm's xavier linears, or BEiT's / SimMIM's trunc-normal + rescale
 _POS_AT_ALLOWED = {
@@ -54,6 +58,7 @@ _POS_AT_ALLOWED = {
     "sincos": ("input", "every_layer_shared"),
     "relative": ("input",),
     "shared_relative": ("input",),
+    "block_relative": ("input",),
     "none": ("input",),
 }
 
@@ -134,8 +139,12 @@ class VisionTransformer(Encoder):
         self._init_pos_embed()
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         rel = self.num_prefix_tokens + self.patch_embed.num_patches if pos_embed == "relative" else 0
+        if pos_embed == "block_relative" and self.num_prefix_tokens > 1:
+            raise ValueError("pos_embed='block_relative' takes at most one prefix token (the class token)")
+        bias_grid = self.patch_embed.grid_size if pos_embed == "block_relative" else None
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], layer_scale_init, norm_eps, rel)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], layer_scale_init, norm_eps, rel,
+                  rel_bias_grid=bias_grid, rel_bias_class_token=class_token)
             for i in range(depth)
         )
         # fc_norm: tokens leave un-normalised and the pooled feature is normalised (timm's avg-pool form)
@@ -285,6 +294,8 @@ class VisionTransformer(Encoder):
         positions = bias = None
         if self.pos_embed_kind == "relative":
             positions = kept if kept is not None else torch.arange(x.shape[1], device=x.device).expand(n, -1)
+        elif self.pos_embed_kind == "block_relative":
+            positions = kept  # each block's own bias of the kept tokens; None = all of them
         if self.rel_pos_bias is not None:
             bias = self.rel_pos_bias(kept)  # (heads, T, T), or (N, heads, T', T') for the kept tokens
         for block, table in zip(self.blocks, self._layer_tables(), strict=True):
@@ -414,7 +425,7 @@ class VisionTransformer(Encoder):
         resampled and raise ``ValueError``.
         """
         old_grid = self.patch_embed.grid_size
-        if _pair(img_size) != self.img_size and (self.pos_embed_kind in ("relative", "shared_relative")
+        if _pair(img_size) != self.img_size and (self.pos_embed_kind in ("relative", "shared_relative", "block_relative")
                                                   or self.pos_embed_at == "every_layer"):
             raise ValueError(f"pos_embed={self.pos_embed_kind!r} with pos_embed_at={self.pos_embed_at!r} "
                              "cannot be resampled to another image size")
@@ -499,7 +510,19 @@ class VisionTransformer(Encoder):
         return options
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Position tables of another grid resampled to this model's grid (prefix positions kept)."""
+        """Position tables of another grid resampled to this model's grid (prefix positions kept).
+
+        For ``pos_embed='block_relative'`` a ``shared_relative`` checkpoint's
+        ``rel_pos_bias.relative_position_bias_table`` is copied into every block's own table (SimMIM's
+        ``remap_pretrained_keys_vit``), saying so; stored ``relative_position_index`` buffers are
+        dropped (the model builds its own). A table of another grid is refused by the strict load.
+        """
+        if self.pos_embed_kind == "block_relative" and "rel_pos_bias.relative_position_bias_table" in state:
+            state = expand_shared_table(state, len(self.blocks))
+            say(f"the shared rel_pos_bias.relative_position_bias_table is copied into each of the {len(self.blocks)} "
+                "blocks' own blocks.{i}.attn.relative_position_bias_table (pos_embed='block_relative')")
+        if self.pos_embed_kind == "block_relative":
+            state = {k: v for k, v in state.items() if not k.endswith("attn.relative_position_index")}
         own = self.state_dict()
         tables = [k for k in ("pos_embed", "pos_embed_row", "pos_embed_col") if k in state and k in own]
         if any(state[k].shape != own[k].shape and state[k].shape[-1] == own[k].shape[-1] for k in tables):

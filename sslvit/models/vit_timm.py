@@ -82,7 +82,8 @@ def infer_config(state: dict[str, torch.Tensor], models: Mapping[str, Callable])
 
     Width, depth, patch size, MLP ratio, class token, distillation token (``dist_token``), norm
     after pooling (``fc_norm.*``: average pooling, as timm's and MAE's average-pool models), image
-    size (from the position table) and classes are read off the tensors; the head count cannot be,
+    size (from the position table), BEiT's relative bias (shared ``rel_pos_bias.*`` or per block) and
+    classes are read off the tensors; the head count cannot be,
     so it comes from the registered variant in ``models`` with the same width, depth and patch size
     (one with the same distillation token first), and a ``ValueError`` asks for the variant name
     when there is none.
@@ -113,6 +114,10 @@ def infer_config(state: dict[str, torch.Tensor], models: Mapping[str, Callable])
         prefix = int(class_token) + int(distilled)
         grid = int(round((state["pos_embed"].shape[1] - prefix) ** 0.5))
         config["img_size"] = grid * int(patch)
+    elif "rel_pos_bias.relative_position_bias_table" in state:
+        config["pos_embed"] = "shared_relative"  # BEiT's shared bias (SimMIM's pretrained ViT)
+    elif "blocks.0.attn.relative_position_bias_table" in state:
+        config["pos_embed"] = "block_relative"  # BEiT's per-block bias (SimMIM's fine-tuned ViT)
     else:
         config["pos_embed"] = "none"
     return config

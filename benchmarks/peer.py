@@ -4,6 +4,7 @@ run by transformers' ``ViTMAEForPreTraining`` in a plain loop over the digits he
     python benchmarks/peer.py                               # both, one after the other (~8 min, 2 cores)
     python benchmarks/peer.py --steps 300                   # a shorter look
     python benchmarks/peer.py --transformers /tmp/tfpkgs    # transformers installed with pip --target
+    python benchmarks/peer.py --rounds 3                    # peer, sslvit, peer, sslvit, ...: median ratio
 
 The recipe: 32 px digits (1,437 training images), patch 4, width 128, depth 6, 4 heads, decoder
 1 x 64 (4 heads), mask 0.75, batch 64, 1,725 steps (75 epochs), AdamW (0.9, 0.95), weight decay
@@ -16,7 +17,8 @@ Each run prints its wall time from the process start and splits its steps into: 
 data, forward, backward, optimizer step, and the loop's own work (everything else between the
 first and the last step: logging, metric sums, non-finite checks, the thread tuner, checkpoints).
 The split is measured by wrapping those calls in the child process; nothing in sslvit reads it.
-The peer runs first, then sslvit, each alone on the machine.
+The peer runs first, then sslvit, each alone on the machine; with ``--rounds N`` the pair runs N
+times and the table gives every run, then each round's ratio and their median.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,26 +184,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1725, help="optimizer steps of both runs (default: the recipe's)")
     parser.add_argument("--transformers", default=None, help="a folder to put first on the peer's path")
     parser.add_argument("--only", choices=("peer", "sslvit"), default=None, help="run one side only")
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs, alternating (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides of the sslvit run")
     args = parser.parse_args(argv)
-    rows = {}
-    if args.only != "sslvit":
-        rows["transformers ViTMAE, plain loop"] = run_child(PEER, [str(args.steps)], args.transformers)
-    if args.only != "peer":
-        with tempfile.TemporaryDirectory(prefix="sslvit-peer-runs-") as runs:
-            overrides = [f"train.steps={args.steps}", f"train.out_dir={runs}", "train.name=peer-bench",
-                         "train.progress=false", *args.overrides]
-            name = " ".join(["sslvit pretrain (default.yaml)", *args.overrides])
-            rows[name] = run_child(
-                SSLVIT, [str(ROOT / "sslvit" / "configs" / "default.yaml"), *overrides], None)
-    print("| run | wall s | start-up s | steps | data s | forward s | backward s | optimizer s | loop's own s | "
-          "wall / peer |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = next(iter(rows.values()))[1]
-    for name, (t, wall) in rows.items():
-        own = t["loop"] - sum(t[s] for s in STAGES)
-        print(f"| {name} | {wall:.0f} | {t['startup']:.1f} | {t['steps']} | "
-              + " | ".join(f"{t[s]:.1f}" for s in STAGES) + f" | {own:.1f} | {wall / base:.2f}x |")
+    rounds: list[dict[str, tuple[dict, float]]] = []
+    for _ in range(args.rounds):
+        rows = {}
+        if args.only != "sslvit":
+            rows["transformers ViTMAE, plain loop"] = run_child(PEER, [str(args.steps)], args.transformers)
+        if args.only != "peer":
+            with tempfile.TemporaryDirectory(prefix="sslvit-peer-runs-") as runs:
+                overrides = [f"train.steps={args.steps}", f"train.out_dir={runs}", "train.name=peer-bench",
+                             "train.progress=false", *args.overrides]
+                name = " ".join(["sslvit pretrain (default.yaml)", *args.overrides])
+                rows[name] = run_child(
+                    SSLVIT, [str(ROOT / "sslvit" / "configs" / "default.yaml"), *overrides], None)
+        rounds.append(rows)
+    print("| round | run | wall s | start-up s | steps | data s | forward s | backward s | optimizer s | "
+          "loop's own s | wall / peer |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = []
+    for i, rows in enumerate(rounds, 1):
+        base = next(iter(rows.values()))[1]
+        for name, (t, wall) in rows.items():
+            own = t["loop"] - sum(t[s] for s in STAGES)
+            print(f"| {i} | {name} | {wall:.0f} | {t['startup']:.1f} | {t['steps']} | "
+                  + " | ".join(f"{t[s]:.1f}" for s in STAGES) + f" | {own:.1f} | {wall / base:.2f}x |")
+        ratios.append(list(rows.values())[-1][1] / base)
+    if len(rounds) > 1 and args.only is None:
+        print(f"\nwall / peer by round: {', '.join(f'{r:.2f}x' for r in ratios)}; median "
+              f"{statistics.median(ratios):.2f}x")
     return 0
 
 

@@ -34,6 +34,12 @@ class DataConfig:
     image_size: int = opt(32, "side in pixels of the crops fed to the model", ge=1, le=MAX_SIDE)
     batch_size: int = opt(128, "images per process per micro-batch (before gradient accumulation)", ge=1)
     num_workers: int = opt(2, "data loader worker processes per rank; 0 = load in the main process", ge=0)
+    in_memory: bool | None = opt(
+        None,
+        "hold the shards and decoded images in memory after the first epoch (the same batches, no reading "
+        "or decoding later); null = when the shards are local files of at most data.in_memory_mb",
+    )
+    in_memory_mb: float = opt(1024, "memory each reading process may hold with data.in_memory", gt=0)
     repeats: int = opt(
         1,
         "augmented (and masked) views per decoded image, at consecutive positions; an epoch holds"

@@ -63,6 +63,13 @@ positions (``len`` grows k-fold; ``samples_per_epoch`` counts samples, not views
 number of epochs by k to keep the optimizer steps. Order, resume and elasticity are unchanged:
 they are defined over positions.
 
+Held in memory
+--------------
+``in_memory=True`` (or ``None`` when every shard is a local file and together they hold at most
+``in_memory_mb``) keeps each shard's samples and each decoded image (not JPEGs, whose decode
+follows the crop) in the process that reads them, after its first pass
+(:mod:`sslvit.data.resident`): later epochs neither read nor decode, and give the same batches.
+
 Workers
 -------
 With ``num_workers > 0`` the DataLoader workers persist from one pass to the next: the epoch and
@@ -107,6 +114,7 @@ from sslvit.data.plan import (
     split_streams,
     whole_shards,
 )
+from sslvit.data.resident import ResidentCache
 from sslvit.data.shards import load_manifest
 from sslvit.data.tario import LOST_SAMPLES, count_samples
 from sslvit.data.worker import EpochPlan, EpochStream, StreamConfig
@@ -203,7 +211,8 @@ class StreamLoader:
     """
 
     def __init__(self, shards: ShardSet, cfg: StreamConfig, num_workers: int, samples_per_epoch: int | None,
-                 pin_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True) -> None:
+                 pin_memory: bool = False, prefetch_factor: int = 2, persistent_workers: bool = True,
+                 resident: ResidentCache | None = None) -> None:
         self.shards, self.cfg, self.num_workers = shards, cfg, num_workers
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.persistent_workers = persistent_workers
@@ -231,7 +240,8 @@ class StreamLoader:
             self.num_samples = int(samples_per_epoch)
             views = self.num_samples * cfg.repeats
             self.num_batches = views // G if cfg.drop_last else math.ceil(views / G)
-        self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control)
+        self.resident = resident
+        self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control, resident)
         if self.num_batches <= 0:
             where = sorted(set(shards.sources or shards.urls))
             raise InputError(f"no full batch: {self.num_samples} samples in {', '.join(where[:3])}, global "
@@ -268,7 +278,7 @@ class StreamLoader:
         """The readers' partial batches of one pass; persistent workers are started once and told
         the pass through the shared ``[epoch, start_batch]`` they read at every ``iter()``."""
         if self.num_workers == 0:
-            return iter(EpochStream(self.cfg, self.plan(epoch), start_batch))
+            return iter(EpochStream(self.cfg, self.plan(epoch), start_batch, resident=self.resident))
         self._control.copy_(torch.tensor([epoch, start_batch]))
         if self._loader is None or not self.persistent_workers:
             self._loader = DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_readers,
@@ -362,7 +372,8 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
                  shuffle: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, drop_last: bool = False,
                  pin_memory: bool | None = None, prefetch_factor: int = 2, return_meta: bool = False,
                  label_key: str = "", key_dot: str = "first", num_classes: int | None = None,
-                 repeats: int = 1, persistent_workers: bool = True) -> StreamLoader:
+                 repeats: int = 1, persistent_workers: bool = True, in_memory: bool | None = False,
+                 in_memory_mb: float = 1024) -> StreamLoader:
     """Build a :class:`StreamLoader` over ``shards`` (any spec :func:`resolve` accepts).
 
     ``transform`` maps uint8 (3, H, W) to uint8 (3, h, w) (an :class:`ImageTransform` also gets
@@ -376,6 +387,8 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
     when CUDA is available) pins batches so the loop can copy them with ``non_blocking=True``;
     ``persistent_workers`` keeps the worker processes from one epoch to the next (one pass at a
     time). ``repeats`` = k views per decoded sample (see "Repeated views" in the module docstring).
+    ``in_memory``: hold the corpus in memory after its first pass (True), never (False), or when
+    its local shards hold at most ``in_memory_mb`` (None); see "Held in memory".
     See the module docstring.
     """
     if repeats < 1:
@@ -421,5 +434,26 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
                        shuffle=shuffle, max_pixels=max_pixels, drop_last=drop_last, num_classes=num_classes,
                        return_meta=return_meta, class_names=shard_set.class_names, label_key=label_key,
                        key_dot=key_dot, counted=shard_set.complete, repeats=repeats)
+    resident = None
+    if in_memory is not False:
+        budget = int(in_memory_mb * 2**20)
+        size = local_bytes(shard_set)
+        if in_memory is None and size is not None and size <= budget:
+            in_memory = True
+        if in_memory:
+            resident = ResidentCache(budget)
     return StreamLoader(shard_set, cfg, num_workers, samples_per_epoch, pin_memory, prefetch_factor,
-                        persistent_workers)
+                        persistent_workers, resident)
+
+
+def local_bytes(shards: ShardSet) -> int | None:
+    """Total size of the shard files when every shard is a readable local file, else None."""
+    total = 0
+    for url in shards.urls:
+        if not _is_local(url):
+            return None
+        try:
+            total += os.path.getsize(url[len("file:"):] if url.startswith("file:") else url)
+        except OSError:
+            return None
+    return total

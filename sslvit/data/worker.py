@@ -36,6 +36,7 @@ from sslvit.data.decode import (
     parse_label,
 )
 from sslvit.data.plan import Part, mix_seed
+from sslvit.data.resident import ResidentCache
 from sslvit.data.tario import RawSample, iter_shard
 from sslvit.data.transforms import ImageTransform
 
@@ -185,8 +186,9 @@ class EpochStream(IterableDataset):
     """
 
     def __init__(self, cfg: StreamConfig, plan: EpochPlan | Callable[[int], EpochPlan], start_batch: int = 0,
-                 control: torch.Tensor | None = None) -> None:
+                 control: torch.Tensor | None = None, resident: ResidentCache | None = None) -> None:
         self.cfg, self.start_batch = cfg, start_batch
+        self.resident = resident  # shards and decoded images held in memory (sslvit.data.resident)
         self._planner = plan if callable(plan) else None
         self.plan = None if callable(plan) else plan
         self.control = control
@@ -224,11 +226,17 @@ class EpochStream(IterableDataset):
             raw = _shuffled(raw, cfg.shuffle_buffer, random.Random(mix_seed(cfg.seed, plan.epoch, stream, "samples")))
         return _repeated(raw, cfg.repeats) if cfg.repeats > 1 else raw
 
+    def _shard(self, url: str, errors: Counter, expected: int | None, report: bool) -> Iterator[RawSample]:
+        """The raw samples of one shard: from the resident cache when there is one, else read."""
+        if self.resident is not None:
+            return self.resident.samples(url, errors, expected, report, self.cfg.key_dot)
+        return iter_shard(url, errors, expected, report=report, key_dot=self.cfg.key_dot)
+
     def _read_parts(self, parts: list[Part], errors: Counter, owned: bool) -> Iterator[RawSample]:
         for part in parts:
             report = owned and part.reads_to_end
             expected = part.shard_count if part.reads_to_end else None
-            for raw in iter_shard(part.url, errors, expected, report=report, key_dot=self.cfg.key_dot):
+            for raw in self._shard(part.url, errors, expected, report):
                 if part.stop is not None and raw.index >= part.stop:
                     break
                 if raw.index >= part.start:
@@ -240,7 +248,7 @@ class EpochStream(IterableDataset):
         while True:
             part = rng.choices(parts, weights=self.plan.weights)[0]
             got = False
-            for raw in iter_shard(part.url, errors, part.shard_count, report=owned, key_dot=self.cfg.key_dot):
+            for raw in self._shard(part.url, errors, part.shard_count, owned):
                 got = True
                 yield raw
             empty_reads = 0 if got else empty_reads + 1
@@ -260,7 +268,8 @@ class EpochStream(IterableDataset):
         hit = cache.get(id(raw))
         if hit is not None and hit[0] is raw:
             return hit[1]
-        pixels = decode_image(data, self.cfg.max_pixels)
+        held = self.resident.pixels(raw, data, self.cfg.max_pixels) if self.resident is not None else None
+        pixels = held if held is not None else decode_image(data, self.cfg.max_pixels)
         if len(cache) >= self.__dict__.get("_cache_size", 1):
             del cache[next(iter(cache))]
         cache[id(raw)] = (raw, pixels)
@@ -288,7 +297,11 @@ class EpochStream(IterableDataset):
             pixels = self._decoded(raw, data)
             image = transform(pixels) if transform is not None else pixels
         elif isinstance(transform, ImageTransform):
-            image = decode_for(transform, data, cfg.max_pixels)
+            held = self.resident.pixels(raw, data, cfg.max_pixels) if self.resident is not None else None
+            if held is not None:  # the same RNG calls as decode_for: the box, then the transform's ops
+                image = transform.apply(held, transform.sample_box(held.shape[-1], held.shape[-2]))
+            else:
+                image = decode_for(transform, data, cfg.max_pixels)
         else:
             image = decode_image(data, cfg.max_pixels)
             image = transform(image) if transform is not None else image
@@ -326,7 +339,7 @@ class EpochStream(IterableDataset):
         reasons: Counter = Counter()
         seen = 0
         for part in self.plan.parts:
-            for raw in iter_shard(part.url, reasons, report=True, key_dot=self.cfg.key_dot):
+            for raw in self._shard(part.url, reasons, None, True):
                 seen += 1
                 found.update({f"*.{e.rsplit('.', 1)[-1]}" if "." in e else e for e in (*raw.members, *raw.other)})
                 try:

@@ -113,6 +113,8 @@ class TrainData:
             label_key=d.label_key,
             key_dot=d.key_dot,
             repeats=d.repeats,
+            in_memory=d.in_memory,
+            in_memory_mb=d.in_memory_mb,
         )
 
 

@@ -61,6 +61,8 @@ ADDED_KEYS: dict[str, object] = {
 NEUTRAL_KEYS = frozenset(
     {
         "data.num_workers",
+        "data.in_memory",
+        "data.in_memory_mb",
         "data.val_shards",
         "train.log_every",
         "train.ckpt_every",

@@ -290,10 +290,21 @@ def prepare_run(cfg: RunConfig, encoder: nn.Module | None = None, hooks: Sequenc
     say(f"run {run_dir} | {world} process(es) on {accelerator.device} | {data.num_samples} samples, "
         f"{len(loader)} batches/epoch/rank, {schedule.total_steps} steps, global batch {global_batch}, "
         f"peak lr {schedule.peak_lr:.3g} | {options.describe()}"
-        + "".join(f" | {d}" for d in [*described, timeout_note] if d))
+        + "".join(f" | {d}" for d in [*described, timeout_note, _in_memory_note(cfg, loader)] if d))
     flops = plain.flops_per_image() if hasattr(plain, "flops_per_image") else None
     return Run(cfg, accelerator, prepared, plain, optimizer, loader, data, run_dir, record, start, schedule,
                options.grad_accum, plan, tuple(hooks), flops)
+
+
+def _in_memory_note(cfg: RunConfig, loader: Any) -> str:
+    """The run line's word on data.in_memory: whether the corpus is held in memory, and where."""
+    if getattr(loader, "resident", None) is None:
+        return ""
+    readers = loader.cfg.num_readers
+    where = ("the main process" if cfg.data.num_workers == 0 else
+             "its loader worker" if readers == 1 else f"each of its {readers} loader workers")
+    chosen = "data.in_memory=true" if cfg.data.in_memory else f"local shards under data.in_memory_mb={cfg.data.in_memory_mb:g}"
+    return f"corpus held in memory after epoch 1 by {where} ({chosen}; data.in_memory=false streams it)"
 
 
 def save_checkpoint(run: Run, state: TrainerState, bar: Any) -> None:

@@ -215,7 +215,7 @@ def run_linear_probe(cfg: ProbeConfig) -> dict[str, Any]:
     check_tree(cfg)
     check_protocol(cfg)
     if cfg.protocol != "fast":
-        return run_mae_probe(cfg)
+        return run_mae_probe(cfg, cfg.mae)
     start = time.time()
     feats = features_for_config(cfg)
     device = PartialState().device  # the accelerator's device: train / search on the GPU when there is one

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,14 @@ from sslvit.config import ConfigError, opt
 from sslvit.data.stream import build_loader
 from sslvit.data.transforms import probe_transform
 from sslvit.errors import InputError
-from sslvit.evaluate.common import encoder_image_size, load_encoder, output_dir, topk_accuracy, write_metrics
+from sslvit.evaluate.common import (
+    EvalConfig,
+    encoder_image_size,
+    load_encoder,
+    output_dir,
+    topk_accuracy,
+    write_metrics,
+)
 from sslvit.evaluate.features import (
     encode,
     features_for_config,
@@ -40,9 +47,6 @@ from sslvit.evaluate.features import (
 from sslvit.progress import progress, say
 from sslvit.training.lars import LARS
 from sslvit.training.optim import lr_at, set_lr
-
-if TYPE_CHECKING:
-    from sslvit.evaluate.linear_probe import ProbeConfig
 
 
 @dataclass
@@ -75,8 +79,9 @@ def probe_head(dim: int, num_classes: int, init_std: float, seed: int) -> nn.Seq
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
 
 
-def _train_loader(cfg: ProbeConfig, spec: str, image_size: int, accelerator: Accelerator) -> Any:
-    opts, world = cfg.mae, accelerator.num_processes
+def _train_loader(cfg: EvalConfig, opts: MaeProbeOptions, spec: str, image_size: int,
+                  accelerator: Accelerator) -> Any:
+    world = accelerator.num_processes
     if opts.batch_size % world:
         raise ConfigError(f"mae.batch_size: {opts.batch_size} images per step do not split evenly over "
                           f"{world} processes")
@@ -93,7 +98,7 @@ def _train_loader(cfg: ProbeConfig, spec: str, image_size: int, accelerator: Acc
 
 
 def _step_features(encoder: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   cfg: ProbeConfig, accelerator: Accelerator) -> torch.Tensor:
+                   cfg: EvalConfig, accelerator: Accelerator) -> torch.Tensor:
     """uint8 images (B, 3, H, W) -> frozen features (B, F) float32, encoded cfg.batch_size at a time."""
     parts = []
     with torch.no_grad():
@@ -104,13 +109,14 @@ def _step_features(encoder: nn.Module, images: torch.Tensor, mean: torch.Tensor,
     return torch.cat(parts)
 
 
-def run_mae_probe(cfg: ProbeConfig) -> dict[str, Any]:
+def run_mae_probe(cfg: EvalConfig, opts: MaeProbeOptions) -> dict[str, Any]:
     """Train MAE's probe head on fresh crops every epoch, report the validation split.
 
-    Writes ``<out_dir>/linear_probe_mae.json`` from the main process and returns the metrics dict.
+    ``cfg`` holds the options every evaluator shares (checkpoint, data, pool, batch size, workers),
+    ``opts`` the protocol's own. Writes ``<out_dir>/linear_probe_mae.json`` from the main process
+    and returns the metrics dict.
     """
     start = time.time()
-    opts = cfg.mae
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     encoder = load_encoder(cfg)
     image_size = cfg.image_size or encoder_image_size(encoder)
@@ -125,7 +131,7 @@ def run_mae_probe(cfg: ProbeConfig) -> dict[str, Any]:
     mean, std = resolve_normalization(cfg.checkpoint, cfg.mean, cfg.std, train_spec)
     mean_t = torch.tensor(mean, device=accelerator.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=accelerator.device).view(1, -1, 1, 1)
-    loader = _train_loader(cfg, train_spec, image_size, accelerator)
+    loader = _train_loader(cfg, opts, train_spec, image_size, accelerator)
     num_classes = max(int(loader.cfg.num_classes or 0), int(val_y.max().item()) + 1)
 
     steps_per_epoch = len(loader)

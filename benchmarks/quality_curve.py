@@ -33,10 +33,10 @@ def _throughput(run_dir: Path) -> float:
     return statistics.median(rates[1:] or rates)
 
 
-def _schedule_overrides(recipe: str, overrides: list[str], steps: int, steps_per_epoch: int) -> list[str]:
-    """``train.steps=steps`` and what scales with the run's length: a warmup counted in epochs is kept
-    as the same share of the run (capped at its epochs), an EMA teacher's anneal spans the run."""
-    config = resolved_config(recipe, overrides)
+def _schedule_overrides(config: dict[str, Any], steps: int, steps_per_epoch: int) -> list[str]:
+    """``train.steps=steps`` and what scales with the run's length in the resolved ``config``: a
+    warmup counted in epochs is kept as the same share of the run (capped at its epochs), an EMA
+    teacher's anneal spans the run."""
     optim, objective, train = config["optim"], config["objective"], config["train"]
     full = train.get("steps") or train["epochs"] * steps_per_epoch
     warmup = optim.get("warmup_steps")
@@ -81,7 +81,7 @@ def per_second(args: Any, corpus: Any, out: Path, evaluate: Callable[..., Any], 
                     print(f"warning: {name} fits {steps} steps into {f:g} T = {f * total:.0f} s after its "
                           f"{startup:.0f} s start-up; it runs {MIN_STEPS}, longer than the budget", flush=True)
                     steps = MIN_STEPS
-                extra = _schedule_overrides(recipe, list(args.overrides), steps, steps_per_epoch)
+                extra = _schedule_overrides(config, steps, steps_per_epoch)
                 encoder, seconds, _ = pretrain(recipe, f"{name}_f{f:g}", out, [*args.overrides, *extra], args.reuse)
             row = evaluate(f"{name}_f{f:g}", encoder, corpus, out, args, finetune_overrides=None)
             runs[recipe].append({"fraction": f, "steps": steps, "seconds": seconds, "linear_probe": row.linear_probe,

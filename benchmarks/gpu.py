@@ -20,6 +20,10 @@ table:
 * ``loader_only``: sslvit's shard loader alone, all CPU cores as workers, on the loader
   benchmark's corpus (benchmarks/loader.py's ImageNet-like JPEGs in tar shards), MAE
   augmentation at 224 px.
+* ``loader_nvjpeg``: the same loader with ``data.jpeg_decode=nvjpeg``: the workers send the JPEGs
+  with their crop boxes and the main process decodes each batch on the GPU (nvJPEG through
+  ``torchvision.io.decode_jpeg(device="cuda")``), crops, resizes and flips it there. In ``--smoke``
+  on a CPU the same code decodes with libjpeg-turbo in the main process.
 * ``e2e_mae_vit_b16``: that loader feeding MAE ViT-B/16 (compiled when compiling worked), masks
   made in the workers, pinned memory; images/s and the ratio to the model-only row of that mode.
 * ``ddp_2proc_mae_vit_b16``: two DDP processes, one GPU each, when there are two GPUs and time.
@@ -54,7 +58,7 @@ SMOKE_SWIN_CANDIDATES = ("swin_pico_patch2_window4_32", "swin_nano_patch2_window
 MODEL_KEYS = ("mae_vit_b16", "supervised_vit_b16", "simmim_vit_b16", "simmim_swin")
 MODES = ("eager", "compile")
 ROW_IDS = ("gemm_bf16_peak", *(f"{k}/{m}" for k in MODEL_KEYS for m in MODES), "loader_only",
-           "e2e_mae_vit_b16", "ddp_2proc_mae_vit_b16")
+           "loader_nvjpeg", "e2e_mae_vit_b16", "ddp_2proc_mae_vit_b16")
 
 
 def model_specs(smoke: bool) -> dict[str, ModelSpec | str]:
@@ -168,7 +172,7 @@ class Runner:
             return "gemm"
         if "/" in row_id:
             return "model"
-        return {"loader_only": "loader", "e2e_mae_vit_b16": "e2e"}.get(row_id, "ddp")
+        return {"loader_only": "loader", "loader_nvjpeg": "loader", "e2e_mae_vit_b16": "e2e"}.get(row_id, "ddp")
 
     def save(self) -> None:
         self.result["wall_s"] = round(self.budget.elapsed(), 1)
@@ -255,7 +259,7 @@ class Runner:
     def build_corpus(self) -> None:
         import tempfile
 
-        if not any(selected(r, self.args.rows) for r in ("loader_only", "e2e_mae_vit_b16")):
+        if not any(selected(r, self.args.rows) for r in ("loader_only", "loader_nvjpeg", "e2e_mae_vit_b16")):
             return
         self.say(f"corpus: {self.args.loader_images} JPEGs -> shards ...")
         try:
@@ -276,6 +280,17 @@ class Runner:
         numbers["label"] = "sslvit stream, MAE aug"
         numbers["notes"] = [f"{numbers['workers']} workers, {numbers['image_size']} px, "
                             f"{numbers['images_per_s_per_worker']:.0f} img/s/worker"]
+        return numbers
+
+    def loader_nvjpeg(self) -> dict[str, Any]:
+        a = self.args
+        on = self.device if self.device.type == "cuda" else torch.device("cpu")
+        numbers = lib.loader_only(self.corpus["dir"], self.specs_size(), a.batch_size, a.loader_workers,
+                                  min(a.loader_seconds, max(1.0, self.budget.left())), a.loader_workers + 1, 100000,
+                                  decode_on=on)
+        numbers["label"] = ("sslvit stream, nvJPEG in the main process" if on.type == "cuda" else
+                            "sslvit stream, JPEGs decoded in the main process (CPU stand-in for nvJPEG)")
+        numbers["notes"] = [f"{numbers['workers']} workers read and draw boxes; decode on {on}"]
         return numbers
 
     def specs_size(self) -> int:
@@ -376,6 +391,9 @@ class Runner:
                 if key == "loader":
                     self.run("loader_only", self.loader, reason=self.corpus_error or
                              (None if self.corpus else "no corpus"))
+                    self.run("loader_nvjpeg", self.loader_nvjpeg, reason=self.corpus_error or
+                             (None if self.corpus else "no corpus") or
+                             (None if cuda or a.smoke else "CUDA only (nvJPEG decodes on the GPU)"))
                     continue
                 if key == "e2e":
                     spec = self.specs["mae_vit_b16"]

@@ -420,20 +420,22 @@ def build_corpus(workdir: Path, count: int, processes: int) -> dict[str, Any]:
 
 
 def make_loader(shards: str, image_size: int, batch_size: int, workers: int, batches: int,
-                masker: Callable | None = None, pin_memory: bool = False) -> Any:
+                masker: Callable | None = None, pin_memory: bool = False, decode_on: Any = None) -> Any:
     """sslvit's stream over the corpus, resampled (shards drawn with replacement) so one iterator
-    runs ``batches`` batches without epoch restarts; MAE pretraining augmentation."""
+    runs ``batches`` batches without epoch restarts; MAE pretraining augmentation. ``decode_on``: the
+    device the main process decodes JPEGs on (``data.jpeg_decode=nvjpeg``), else the workers do."""
     from sslvit.data import build_loader, pretrain_transform
 
     return build_loader(shards, batch_size=batch_size, transform=pretrain_transform(image_size),
                         num_workers=workers, mode="resampled", samples_per_epoch=batch_size * batches,
-                        seed=0, masker=masker, pin_memory=pin_memory, rank=0, world_size=1)
+                        seed=0, masker=masker, pin_memory=pin_memory, rank=0, world_size=1, decode_on=decode_on)
 
 
 def loader_only(shards: str, image_size: int, batch_size: int, workers: int, seconds: float,
-                warm_batches: int, max_batches: int) -> dict[str, Any]:
-    """Images/s of the loader alone after ``warm_batches`` (worker start-up, first batch of each)."""
-    loader = make_loader(shards, image_size, batch_size, workers, warm_batches + max_batches)
+                warm_batches: int, max_batches: int, decode_on: Any = None) -> dict[str, Any]:
+    """Images/s of the loader alone after ``warm_batches`` (worker start-up, first batch of each);
+    with ``decode_on`` the batches are decoded there (timed to a device synchronisation)."""
+    loader = make_loader(shards, image_size, batch_size, workers, warm_batches + max_batches, decode_on=decode_on)
     it = iter(loader)
     start = time.perf_counter()
     for _ in range(warm_batches):
@@ -446,6 +448,8 @@ def loader_only(shards: str, image_size: int, batch_size: int, workers: int, sec
             break
         images += int(batch["image"].shape[0])
         batches += 1
+    if decode_on is not None:
+        sync(torch.device(decode_on))
     wall = time.perf_counter() - start
     del it
     return {"images_per_s": round(images / wall, 2), "images": images, "batches": batches,

@@ -255,7 +255,8 @@ def read(package_dir: Path, assign: dict[str, str] | None = None) -> Structure:
     """The structure of the package at ``package_dir`` (``.../sslvit``)."""
     paths = sorted(p for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts)
     names = {module_name(package_dir, p): p for p in paths}
-    known = set(names)
+    # C extension modules (built from a .c source in the package) import nothing of the package
+    known = set(names) | {module_name(package_dir, p) for p in package_dir.rglob("*.c")}
     edges: list[Edge] = []
     functions: list[Function] = []
     for module, path in names.items():

@@ -18,7 +18,7 @@ ROWS = [
     "supervised_vit_b16/eager", "supervised_vit_b16/compile",
     "simmim_vit_b16/eager", "simmim_vit_b16/compile",
     "simmim_swin/eager", "simmim_swin/compile",
-    "loader_only", "e2e_mae_vit_b16", "ddp_2proc_mae_vit_b16",
+    "loader_only", "loader_nvjpeg", "e2e_mae_vit_b16", "ddp_2proc_mae_vit_b16",
 ]
 
 
@@ -54,7 +54,7 @@ def test_smoke_cpu_rows(smoke):
     assert smoke[0]["peak"]["measured_tflops"] is None
     # what the CPU can run, runs: eager model steps, the loader alone and the loader feeding MAE
     for rid in ("mae_vit_b16/eager", "supervised_vit_b16/eager", "simmim_vit_b16/eager", "loader_only",
-                "e2e_mae_vit_b16"):
+                "loader_nvjpeg", "e2e_mae_vit_b16"):
         assert rows[rid]["status"] == "ok", rows[rid]
     assert rows["mae_vit_b16/eager"]["model"] == "vit_pico_patch4"
     assert rows["mae_vit_b16/eager"]["tflops"] > 0 and rows["mae_vit_b16/eager"]["mfu"] is None

@@ -347,3 +347,16 @@ def test_a_fashion_mnist_build_says_so_and_reports_progress(progress_lines, tmp_
     lines = out.err.splitlines()
     for start in ("fashion_mnist-train resize: 30/30 img", "fashion_mnist-test shards: 20/20 img (100%)"):
         assert any(line.startswith(start) for line in lines), (start, lines)
+
+
+def test_nvjpeg_on_a_machine_without_a_gpu_is_one_line_and_status_2(fresh_accelerate, tmp_path, shards, capsys):
+    from sslvit.cli.pretrain import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: data.jpeg_decode=nvjpeg is accepted")
+    status = main([*TINY, f"data.train_shards={shards['train']}", "train.steps=1", "train.trackers=[]",
+                   f"train.out_dir={tmp_path}", "train.name=nv", "data.jpeg_decode=nvjpeg"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "data.jpeg_decode=nvjpeg" in err and "no CUDA device" in err and "data.jpeg_decode=cpu" in err
+    assert "Traceback" not in err and not (tmp_path / "nv" / "model.safetensors").exists()

@@ -52,10 +52,13 @@ def test_it_finds_circles_up_imports_and_deferred_imports_in_a_package_it_is_giv
             """,
         "cli/__init__.py": "",
         "extra.py": "",
+        "data/_codec.c": "/* an extension module: a leaf */",
+        "data/codec.py": "from sslvit.data._codec import decode\n",  # the extension, not the package
     })
     found = structure.read(root)
     assert found.top_level == ["extra", "files"]
     assert found.unplaced() == ["sslvit.extra"]
+    assert [e.target for e in found.edges if e.source == "sslvit.data.codec"] == ["sslvit.data._codec"]
     assert found.circles() == [["sslvit.checkpoint.format", "sslvit.data.shards"],
                                ["sslvit.models", "sslvit.models.vit"]]
     assert [(e.source, e.target, e.line) for e in found.up_imports()] == [

@@ -40,6 +40,12 @@ class DataConfig:
         "or decoding later); null = when the shards are local files of at most data.in_memory_mb",
     )
     in_memory_mb: float = opt(1024, "memory each reading process may hold with data.in_memory", gt=0)
+    jpeg_decode: Literal["cpu", "nvjpeg"] = opt(
+        "cpu",
+        "where JPEGs are decoded: 'cpu' (the loader's workers, libjpeg-turbo, only the crop box) or 'nvjpeg'"
+        " (the GPU, a batch at a time, torchvision.io.decode_jpeg(device='cuda'); needs a CUDA device and"
+        " the pretraining transform: crop and flip)",
+    )
     repeats: int = opt(
         1,
         "augmented (and masked) views per decoded image, at consecutive positions; an epoch holds"

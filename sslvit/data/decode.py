@@ -12,7 +12,8 @@ caller says the output needs fewer pixels than the source has. RGB and greyscale
 EXIF rotation are decoded by simplejpeg when it is installed (libjpeg-turbo, the same pixels as
 PIL, at any of those scales, into a channels-last array the resize is fastest on); otherwise
 full-size JPEGs go through torchvision.io (libjpeg-turbo straight into a tensor) and the rest
-through PIL.
+through PIL. The loader decodes a JPEG only as far as its crop box needs, when it can
+(:mod:`sslvit.data.jpeg_crop`); what is here decodes whole images.
 """
 
 from __future__ import annotations

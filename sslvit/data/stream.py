@@ -73,9 +73,12 @@ follows the crop) in the process that reads them, after its first pass
 Workers
 -------
 With ``num_workers > 0`` the DataLoader workers persist from one pass to the next: the epoch and
-the start batch reach them through a shared ``[epoch, start_batch]`` tensor that every pass
+the start batch reach them through a shared ``[epoch, start_batch, pass]`` tensor that every pass
 writes before it asks them to start (``reader_pids`` lists their process ids), so the start-up
-and cold first batch are paid once per run. Batches come in pinned memory when CUDA is present
+and cold first batch are paid once per run. With several readers, each writes its chunk's images
+straight into one shared-memory tensor per batch that the main process allocated
+(:mod:`sslvit.data.slabs`), so the main process neither copies nor touches image bytes; those
+tensors are reused only once nothing holds them. Batches come in pinned memory when CUDA is present
 (``pin_memory``), so the training loop's ``.to(device, non_blocking=True)`` overlaps the copy.
 One pass runs at a time (a new ``iterate`` ends the
 previous one; ``persistent_workers=False`` restores a loader per pass).
@@ -101,7 +104,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+import sslvit.data.jpeg_crop as jpeg_crop
 from sslvit.data.decode import DEFAULT_MAX_PIXELS, jpeg_decoder
+from sslvit.data.device_decode import decode_batch, unsupported_ops
 from sslvit.data.plan import (
     ShardSet,
     ShardSpec,
@@ -116,8 +121,10 @@ from sslvit.data.plan import (
 )
 from sslvit.data.resident import ResidentCache
 from sslvit.data.shards import load_manifest
+from sslvit.data.slabs import SlabChannel
 from sslvit.data.tario import LOST_SAMPLES, count_samples
-from sslvit.data.worker import EpochPlan, EpochStream, StreamConfig
+from sslvit.data.transforms import ImageTransform
+from sslvit.data.worker import EpochPlan, EpochStream, StreamConfig, as_tensors
 from sslvit.errors import InputError
 
 __all__ = ["StreamLoader", "build_loader", "default_rank_world", "load_manifest", "resolve_shards"]
@@ -216,7 +223,8 @@ class StreamLoader:
         self.shards, self.cfg, self.num_workers = shards, cfg, num_workers
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.persistent_workers = persistent_workers
-        self._control = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, start_batch] for the readers
+        # [epoch, start_batch, pass] for the readers
+        self._control = torch.zeros(3, dtype=torch.int64).share_memory_()
         self._loader: DataLoader | None = None
         self._passes = 0
         self.reader_pids: list[int] = []  # process id of every reader in the last pass (reader order)
@@ -241,7 +249,11 @@ class StreamLoader:
             views = self.num_samples * cfg.repeats
             self.num_batches = views // G if cfg.drop_last else math.ceil(views / G)
         self.resident = resident
-        self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control, resident)
+        self._slabs = None
+        if cfg.num_readers > 1 and isinstance(cfg.transform, ImageTransform) and cfg.decode_on is None:
+            self._slabs = SlabChannel(cfg.num_readers, (cfg.batch_size, 3, *cfg.transform.size), prefetch_factor + 2)
+        self._dataset = EpochStream(cfg, EpochPlanner(shards, cfg, self.num_batches), 0, self._control, resident,
+                                    self._slabs)
         if self.num_batches <= 0:
             where = sorted(set(shards.sources or shards.urls))
             raise InputError(f"no full batch: {self.num_samples} samples in {', '.join(where[:3])}, global "
@@ -276,10 +288,12 @@ class StreamLoader:
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
         """The readers' partial batches of one pass; persistent workers are started once and told
-        the pass through the shared ``[epoch, start_batch]`` they read at every ``iter()``."""
+        the pass through the shared ``[epoch, start_batch, pass]`` they read at every ``iter()``."""
         if self.num_workers == 0:
             return iter(EpochStream(self.cfg, self.plan(epoch), start_batch, resident=self.resident))
-        self._control.copy_(torch.tensor([epoch, start_batch]))
+        self._control.copy_(torch.tensor([epoch, start_batch, self._passes]))
+        if self._slabs is not None:
+            self._slabs.begin(self._passes, start_batch, self.num_batches)
         if self._loader is None or not self.persistent_workers:
             self._loader = DataLoader(self._dataset, batch_size=None, num_workers=self.cfg.num_readers,
                                       pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
@@ -342,7 +356,13 @@ class StreamLoader:
             partials.append(partial)
             if len(partials) < self.cfg.num_readers:
                 continue
-            batch, partials = self._concat(partials), []
+            batch, partials = as_tensors(self._concat(partials)), []
+            if self.cfg.decode_on is not None:
+                batch["image"] = decode_batch(batch.pop("encoded"), self.cfg.transform.size, self.cfg.decode_on)
+            if self._slabs is not None:
+                batch["image"] = self._slabs.take(index)
+                if self.pin_memory:
+                    batch["image"] = batch["image"].pin_memory()
             if self.pin_memory and self.num_workers == 0:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             if skips["counts"] and time.monotonic() - last_warn > _WARN_EVERY_S:
@@ -373,7 +393,7 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
                  pin_memory: bool | None = None, prefetch_factor: int = 2, return_meta: bool = False,
                  label_key: str = "", key_dot: str = "first", num_classes: int | None = None,
                  repeats: int = 1, persistent_workers: bool = True, in_memory: bool | None = False,
-                 in_memory_mb: float = 1024) -> StreamLoader:
+                 in_memory_mb: float = 1024, decode_on: torch.device | str | None = None) -> StreamLoader:
     """Build a :class:`StreamLoader` over ``shards`` (any spec :func:`resolve` accepts).
 
     ``transform`` maps uint8 (3, H, W) to uint8 (3, h, w) (an :class:`ImageTransform` also gets
@@ -388,18 +408,30 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
     ``persistent_workers`` keeps the worker processes from one epoch to the next (one pass at a
     time). ``repeats`` = k views per decoded sample (see "Repeated views" in the module docstring).
     ``in_memory``: hold the corpus in memory after its first pass (True), never (False), or when
-    its local shards hold at most ``in_memory_mb`` (None); see "Held in memory".
+    its local shards hold at most ``in_memory_mb`` (None); see "Held in memory". ``decode_on``: a
+    device on which the main process decodes the JPEGs of every batch (readers send the bytes, the
+    crop box and the flip; :mod:`sslvit.data.device_decode`), else None (readers decode).
     See the module docstring.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1 (views per decoded sample), not {repeats}")
+    if decode_on is not None:
+        unsupported = unsupported_ops(transform)
+        if unsupported or repeats > 1:
+            raise InputError(f"decode_on={decode_on}: the device decode takes a crop box and flips, one view per "
+                             f"image; this loader has {', '.join(unsupported) or f'repeats={repeats}'}")
+        decode_on = torch.device(decode_on)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     global _said_decoder
-    if jpeg_decoder() != "simplejpeg" and not _said_decoder and rank in (None, 0):
+    if not _said_decoder and rank in (None, 0):
         _said_decoder = True
-        logger.warning("simplejpeg is not installed: JPEGs decode through torchvision.io / PIL, about 1.3x "
-                       "slower per image (pip install simplejpeg)")
+        if jpeg_decoder() != "simplejpeg":
+            logger.warning("simplejpeg is not installed: JPEGs decode through torchvision.io / PIL, about 1.3x "
+                           "slower per image (pip install simplejpeg)")
+        if isinstance(transform, ImageTransform) and not jpeg_crop.enabled():
+            logger.warning("JPEGs are decoded whole, not only their crop box (about 1.3x the decoding time): %s",
+                           jpeg_crop.unavailable_reason())
     if mode not in ("finite", "resampled"):
         raise ValueError(f"mode must be 'finite' or 'resampled', not {mode!r}")
     if key_dot not in ("first", "last"):
@@ -433,7 +465,7 @@ def build_loader(shards: ShardSpec, *, batch_size: int, transform: Callable | No
                        shuffle_buffer=min(shuffle_buffer, max(16, math.ceil(shuffle_buffer / num_streams))),
                        shuffle=shuffle, max_pixels=max_pixels, drop_last=drop_last, num_classes=num_classes,
                        return_meta=return_meta, class_names=shard_set.class_names, label_key=label_key,
-                       key_dot=key_dot, counted=shard_set.complete, repeats=repeats)
+                       key_dot=key_dot, counted=shard_set.complete, repeats=repeats, decode_on=decode_on)
     resident = None
     if in_memory is not False:
         budget = int(in_memory_mb * 2**20)

@@ -86,8 +86,12 @@ class ImageTransform:
     def apply(self, image: torch.Tensor, box: Box) -> torch.Tensor:
         """uint8 (3, H, W) and a box in its pixels -> uint8 (3, out_h, out_w)."""
         top, left, height, width = box
-        out = F.resized_crop(image, top, left, height, width, list(self.size),
-                             interpolation=InterpolationMode.BICUBIC, antialias=True)
+        crop = image[..., top:top + height, left:left + width]
+        if crop.dim() == 3 and crop.dtype == torch.uint8:
+            # (3, h, w) laid out as (h, w, 3): torch's antialiased uint8 resize reads that layout
+            # directly, about 1.3x faster than a strided window of a larger image; same pixels
+            crop = crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        out = F.resize(crop, list(self.size), interpolation=InterpolationMode.BICUBIC, antialias=True)
         return self.ops(out) if self.ops is not None else out
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+import sslvit.data.jpeg_crop as jpeg_crop
 from sslvit.data.decode import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSIONS,
     SampleError,
     decode_image,
+    exif_orientation,
     find_member,
     json_label,
     load_rgb,
@@ -35,10 +37,12 @@ from sslvit.data.decode import (
     oriented_size,
     parse_label,
 )
+from sslvit.data.device_decode import encode_for
 from sslvit.data.plan import Part, mix_seed
 from sslvit.data.resident import ResidentCache
+from sslvit.data.slabs import SlabChannel
 from sslvit.data.tario import RawSample, iter_shard
-from sslvit.data.transforms import ImageTransform
+from sslvit.data.transforms import Box, ImageTransform
 
 _POOL_SIZE = 64
 _SCAN_LIMIT = 10_000
@@ -67,6 +71,7 @@ class StreamConfig:
     key_dot: str = "first"
     counted: bool = True  # finite mode: stream loads come from counts (else a surplus is dropped_extra)
     repeats: int = 1  # views per decoded sample (consecutive positions of its stream)
+    decode_on: torch.device | None = None  # JPEGs decoded by the main process there (sslvit.data.device_decode)
 
     @property
     def global_batch(self) -> int:
@@ -91,19 +96,30 @@ def decode_for(transform: ImageTransform, data: bytes, max_pixels: int) -> torch
     """Encoded image -> transform output, uint8 (3, h, w), choosing the crop box from the header.
 
     The box is drawn before decoding, so a JPEG whose box holds at least 2x (4x, 8x) the output
-    size per side is decoded at that DCT scale and the box is mapped onto the smaller image.
+    size per side is decoded at that DCT scale and the box is mapped onto the smaller image; and
+    a JPEG is decoded only as far as the box needs (:mod:`sslvit.data.jpeg_crop`), the same pixels.
     """
     image = open_image(data, max_pixels)
     width, height = oriented_size(image)
     box = transform.sample_box(width, height)
-    pixels, _ = load_rgb(image, data, transform.reduction(box) if image.format == "JPEG" else 1)
-    got_h, got_w = pixels.shape[-2:]
-    if (got_h, got_w) != (height, width):
-        sy, sx = got_h / height, got_w / width
-        top, left = min(int(box[0] * sy), got_h - 1), min(int(box[1] * sx), got_w - 1)
-        box = (top, left, max(1, min(round(box[2] * sy), got_h - top)),
-               max(1, min(round(box[3] * sx), got_w - left)))
-    return transform.apply(pixels, box)
+    reduce = transform.reduction(box) if image.format == "JPEG" else 1
+    if jpeg_crop.applies_to(image, data, exif_orientation(image)):
+        scaled = (-(-height // reduce), -(-width // reduce))  # libjpeg's (height, width) at 1/reduce
+        region = jpeg_crop.decode_box(data, reduce, _scaled_box(box, (height, width), scaled))
+        if region is not None:
+            return transform.apply(*region)
+    pixels, _ = load_rgb(image, data, reduce)
+    return transform.apply(pixels, _scaled_box(box, (height, width), tuple(pixels.shape[-2:])))
+
+
+def _scaled_box(box: Box, size: tuple[int, int], got: tuple[int, int]) -> Box:
+    """A box in an image of (height, width) ``size`` -> the same box in the image decoded at ``got``."""
+    if got == size:
+        return box
+    (height, width), (got_h, got_w) = size, got
+    sy, sx = got_h / height, got_w / width
+    top, left = min(int(box[0] * sy), got_h - 1), min(int(box[1] * sx), got_w - 1)
+    return (top, left, max(1, min(round(box[2] * sy), got_h - top)), max(1, min(round(box[3] * sx), got_w - left)))
 
 
 def _shuffled(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
@@ -158,6 +174,19 @@ class _Reader:
         return (self.pool[pad % len(self.pool)] if self.pool else None), False
 
 
+# fields a reader sends as lists (pickled with the message: no shared-memory file each) and the
+# main process turns into tensors of these types
+LIST_FIELDS = {"label": torch.int64, "valid": torch.bool}
+
+
+def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """A batch whose :data:`LIST_FIELDS` are lists -> the same batch with them as tensors."""
+    for name, dtype in LIST_FIELDS.items():
+        if isinstance(batch.get(name), list):
+            batch[name] = torch.tensor(batch[name], dtype=dtype)
+    return batch
+
+
 def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     """n x uint8 (3, h, w) -> (n, 3, h, w); in a DataLoader worker the result is allocated in shared
     memory (as torch's default collate does), so sending it to the main process copies nothing."""
@@ -180,14 +209,17 @@ class EpochStream(IterableDataset):
     """One epoch of one rank's positions; in worker w it fills the w-th chunk of them.
 
     ``plan`` is either one epoch's :class:`EpochPlan` or a function of the epoch returning it,
-    with ``control``: a shared int64 tensor ``[epoch, start_batch]`` that the main process writes
+    with ``control``: a shared int64 tensor ``[epoch, start_batch, pass]`` that the main process writes
     before each pass, so that persistent DataLoader workers run the next epoch without being
     recreated (each ``iter()`` reads it afresh).
     """
 
     def __init__(self, cfg: StreamConfig, plan: EpochPlan | Callable[[int], EpochPlan], start_batch: int = 0,
-                 control: torch.Tensor | None = None, resident: ResidentCache | None = None) -> None:
+                 control: torch.Tensor | None = None, resident: ResidentCache | None = None,
+                 slabs: SlabChannel | None = None) -> None:
         self.cfg, self.start_batch = cfg, start_batch
+        self.slabs = slabs  # several readers: images go straight into the main process's batch tensors
+        self.pass_id = 0
         self.resident = resident  # shards and decoded images held in memory (sslvit.data.resident)
         self._planner = plan if callable(plan) else None
         self.plan = None if callable(plan) else plan
@@ -201,7 +233,7 @@ class EpochStream(IterableDataset):
     def _begin(self) -> None:
         """Select the pass that the next iteration runs (from ``control`` when shared) and reset its counts."""
         if self.control is not None:
-            epoch, self.start_batch = (int(v) for v in self.control.tolist())
+            epoch, self.start_batch, self.pass_id = (int(v) for v in self.control.tolist())
             if self._planner is not None:
                 if epoch not in self._plans:
                     self._plans = {epoch: self._planner(epoch)}
@@ -301,7 +333,9 @@ class EpochStream(IterableDataset):
             if held is not None:  # the same RNG calls as decode_for: the box, then the transform's ops
                 image = transform.apply(held, transform.sample_box(held.shape[-1], held.shape[-2]))
             else:
-                image = decode_for(transform, data, cfg.max_pixels)
+                image = encode_for(transform, data, cfg.max_pixels) if cfg.decode_on is not None else None
+                if image is None:
+                    image = decode_for(transform, data, cfg.max_pixels)
         else:
             image = decode_image(data, cfg.max_pixels)
             image = transform(image) if transform is not None else image
@@ -377,18 +411,30 @@ class EpochStream(IterableDataset):
         image, label, meta = self._process(self._replacement(reader), seed)
         return image, label, meta, False, raw.key if raw is not None and real else ""
 
-    def _make_batch(self, filled: list[tuple], g: int, positions: range) -> dict[str, Any]:
+    def _make_batch(self, filled: list[tuple], g: int, positions: range,
+                    slab: torch.Tensor | None = None) -> dict[str, Any]:
+        """The reader's part of batch ``g``; with a ``slab`` (the whole batch's images, shared with
+        the main process) its images go into their rows of it and the part carries none."""
         cfg = self.cfg
         try:
-            images = _stack([f[0] for f in filled])
+            if cfg.decode_on is not None:  # JPEGs as Encoded, the rest as pixels: decoded by the main process
+                images = [f[0] for f in filled]
+            elif slab is None:
+                images = _stack([f[0] for f in filled])
+            else:
+                rows = positions.start - cfg.rank * cfg.batch_size
+                torch.stack([f[0] for f in filled], out=slab[rows:rows + len(filled)])
         except RuntimeError as exn:
             raise RuntimeError(f"transform must return same-size tensors: {exn}") from None
         batch: dict[str, Any] = {
-            "image": images,
-            "label": torch.tensor([f[1] for f in filled], dtype=torch.int64),
-            "valid": torch.tensor([f[3] for f in filled], dtype=torch.bool),
+            "label": [f[1] for f in filled],
+            "valid": [f[3] for f in filled],
             "key": [f[4] for f in filled],
         }
+        if cfg.decode_on is not None:
+            batch["encoded"] = images
+        elif slab is None:
+            batch["image"] = images
         if cfg.masker is not None:
             masks = []
             for p in positions:
@@ -450,7 +496,12 @@ class EpochStream(IterableDataset):
             state = torch.default_generator.get_state() if in_main else None
             filled = [self._fill(items[p], readers[p // c], mix_seed(cfg.seed, plan.epoch, g * cfg.global_batch + p))
                       for p in positions]
-            batch = self._make_batch(filled, g, positions)
+            slab = None
+            if self.slabs is not None and not in_main:
+                slab = self.slabs.wait(worker, self.pass_id, g, self.control)
+                if slab is None:  # the main process started another pass: this one is over
+                    return
+            batch = self._make_batch(filled, g, positions, slab)
             if state is not None:
                 torch.default_generator.set_state(state)
             batch["_index"], batch["_worker"], batch["_pid"] = g, worker, os.getpid()

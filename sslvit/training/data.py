@@ -24,16 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
 from sslvit.config import ConfigError
 from sslvit.data import build_loader, ensure_digits_shards, load_manifest, resolve
 from sslvit.data.builtin import builtin_name
+from sslvit.data.device_decode import unsupported_ops
 from sslvit.data.hf import resolve_spec
 from sslvit.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from sslvit.data.transforms import finetune_transform
 from sslvit.objectives import objective_class
 from sslvit.training.config import RunConfig
+from sslvit.training.launch import check_jpeg_decode
 
 STAGES = ("pretrain", "finetune")
 
@@ -115,7 +118,23 @@ class TrainData:
             repeats=d.repeats,
             in_memory=d.in_memory,
             in_memory_mb=d.in_memory_mb,
+            decode_on=self._decode_device(transform),
         )
+
+    def _decode_device(self, transform: Callable) -> torch.device | None:
+        """Where the main process decodes JPEGs (``data.jpeg_decode=nvjpeg``: this rank's GPU), else None."""
+        d = self.cfg.data
+        if d.jpeg_decode != "nvjpeg":
+            return None
+        check_jpeg_decode(d.jpeg_decode, torch.cuda.is_available())
+        unsupported = unsupported_ops(transform)
+        if unsupported:
+            raise ConfigError(f"data.jpeg_decode=nvjpeg: the {self.stage} transform has {', '.join(unsupported)}, "
+                              "which the GPU decode does not apply (it crops and flips); use data.jpeg_decode=cpu")
+        if d.repeats > 1:
+            raise ConfigError("data.jpeg_decode=nvjpeg with data.repeats > 1: repeated views are cut from one CPU "
+                              "decode; use data.jpeg_decode=cpu")
+        return torch.device("cuda", torch.cuda.current_device())
 
 
 def default_shards(split: str, image_size: int, accelerator: Accelerator | None = None) -> str:

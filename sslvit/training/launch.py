@@ -219,7 +219,8 @@ def resolve_compile(asked: bool | None, env: Mapping[str, str] = os.environ) -> 
 def resolve_launch_options(cfg: RunConfig, env: Mapping[str, str] | None = None) -> LaunchOptions:
     """Decide precision, accumulation, compilation and trackers for ``cfg`` before any work starts.
 
-    Raises :class:`ConfigError` naming the key for fp16 on a CPU and for missing or unknown trackers.
+    Raises :class:`ConfigError` naming the key for fp16 or nvJPEG on a CPU and for missing or unknown
+    trackers.
     """
     env = os.environ if env is None else env
     on_gpu = torch.cuda.is_available()
@@ -228,9 +229,18 @@ def resolve_launch_options(cfg: RunConfig, env: Mapping[str, str] | None = None)
     accum, a_source, a_note = resolve_grad_accum(cfg.train.grad_accum, env)
     backend, c_source, c_note = resolve_compile(cfg.train.compile, env)
     trackers = check_trackers(cfg.train.trackers)
+    check_jpeg_decode(cfg.data.jpeg_decode, on_gpu)
     notes = tuple(n for n in (p_note, a_note, c_note) if n)
     compiles = backend or env.get("ACCELERATE_DYNAMO_BACKEND", "").strip().lower() or "no"
     return LaunchOptions(precision, p_source, accum, a_source, backend, c_source, trackers, notes, compiles)
+
+
+def check_jpeg_decode(asked: str, on_gpu: bool) -> None:
+    """Refuse ``data.jpeg_decode=nvjpeg`` where there is no CUDA device to decode on."""
+    if asked == "nvjpeg" and not on_gpu:
+        raise ConfigError("data.jpeg_decode=nvjpeg decodes JPEGs on the GPU with nvJPEG "
+                          "(torchvision.io.decode_jpeg(device='cuda')), and this machine has no CUDA device "
+                          "(torch.cuda.is_available() is False); use data.jpeg_decode=cpu")
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path, options: LaunchOptions | None = None) -> Accelerator:

@@ -44,6 +44,7 @@ from sslvit.training.config import RunConfig
 # Keys the config gained after runs were written, with the value that does what those runs did: a
 # checkpoint without the key resumes when the new run keeps that value.
 ADDED_KEYS: dict[str, object] = {
+    "data.jpeg_decode": "cpu",
     "model.fc_norm": None,
     "model.head_type": None,
     "model.layer_scale_init": None,

@@ -314,7 +314,7 @@ class TrainConfig:
     precision: Literal["auto", "no", "bf16", "fp16"] = opt(
         "auto",
         "mixed precision: 'no' (fp32), 'bf16', 'fp16'; 'auto' = accelerate's mixed_precision, else bf16 on a"
-        " bf16 GPU, fp32 on CPU",
+        " bf16 GPU, fp32 on CPU ('bf16' on a CPU with AMX: the default run in 0.74x the time)",
     )
     compile: bool | None = opt(
         None,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslvit.errors import InputError
-from sslvit.models.layers import DropPath, Mlp
+from sslvit.models.layers import DropPath, Mlp, attention
 
 Pair = tuple[int, int]
 
@@ -217,7 +217,7 @@ class WindowAttention(nn.Module):
         bias = self.position_bias().to(q.dtype)
         if mask is not None:
             bias = bias + mask.to(q.dtype)[:, None]  # (nW, heads, A, A)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = attention(q, k, v, bias)
         return self.proj(out.permute(0, 1, 3, 2, 4).reshape(b, a, c))
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sslvit.models.layers import DropPath, Mlp
+from sslvit.models.layers import DropPath, Mlp, attention
 
 
 def cut_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -85,7 +84,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D)."""
         q, k, v = self._qkv(x)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape))
+        return self.proj(attention(q, k, v).transpose(1, 2).reshape(x.shape))
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slow path: x: (B, T, D) -> out (B, T, D), attention weights (B, heads, T, T)."""

@@ -3,7 +3,9 @@
 The first recipe (the reference: MAE's) is pretrained as shipped; its wall time T sets the budgets.
 Every recipe is then pretrained for ``f x T`` seconds for each fraction f (``--fractions``, default
 1/4, 1/2, 1), all in one run on one machine, one after the other: its steps are what its measured
-throughput fits into the budget after its start-up (a 60-step calibration run measures both), its
+throughput fits into the budget after its start-up (measured by a calibration run of at least
+``CALIBRATION_S`` seconds and two epochs, after a 60-step run that sizes it: the rate is that of
+its second half, so the first, streamed epoch and the thread tuner's settling count as start-up), its
 schedule (warmup in steps, an EMA teacher's anneal) scaled to those steps. Each encoder is probed
 and kNN-evaluated as ``quality.py`` does; the x axis is each run's measured wall time. The pixel
 and best random-ViT baselines are horizontal lines. Writes ``per_second.md``, ``per_second.json``
@@ -22,15 +24,30 @@ from typing import Any
 
 from quality_lib import STEPS_LINE, pixel_probe_knn, pretrain, resolved_config
 
-CALIBRATION_STEPS = 60
+SIZING_STEPS = 60
+CALIBRATION_S = 45.0
 MIN_STEPS = 10
 
 
-def _throughput(run_dir: Path) -> float:
-    """Median images/s of a run's logged steps (its metrics.jsonl), the first log line left out."""
+def _throughput(run_dir: Path, second_half: bool = False) -> float:
+    """Median images/s of a run's logged steps (its metrics.jsonl): the first log line left out, or
+    with ``second_half`` only the later half of the lines (the run's steady state)."""
     rates = [json.loads(line)["images_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if '"images_per_s"' in line]
-    return statistics.median(rates[1:] or rates)
+    kept = rates[len(rates) // 2:] if second_half else rates[1:]
+    return statistics.median(kept or rates)
+
+
+def calibration_steps(rough_steps_per_s: float, steps_per_epoch: int) -> int:
+    """Steps of the calibration run: at least ``CALIBRATION_S`` seconds at the sizing run's rate,
+    two epochs and ``SIZING_STEPS``, so that its second half runs past the first (streamed) epoch
+    and the thread tuner's first changes."""
+    return max(SIZING_STEPS, 2 * steps_per_epoch, round(rough_steps_per_s * CALIBRATION_S))
+
+
+def fitted_steps(budget_s: float, startup_s: float, steps_per_s: float) -> int:
+    """Steps that fit into ``budget_s`` after ``startup_s`` at ``steps_per_s``."""
+    return round((budget_s - startup_s) * steps_per_s)
 
 
 def _schedule_overrides(config: dict[str, Any], steps: int, steps_per_epoch: int) -> list[str]:
@@ -65,18 +82,22 @@ def per_second(args: Any, corpus: Any, out: Path, evaluate: Callable[..., Any], 
         name = Path(recipe).stem
         config = resolved_config(recipe, list(args.overrides))
         batch = config["data"]["batch_size"]
-        cal_path, cal_s, cal_out = pretrain(recipe, f"{name}_calibration", out,
-                                            [*args.overrides, f"train.steps={CALIBRATION_STEPS}"], args.reuse)
-        steps_per_epoch = int(STEPS_LINE.search(cal_out).group(1))
-        rate = _throughput(cal_path.parent) / batch  # steps per second once running
-        startup = max(0.0, cal_s - CALIBRATION_STEPS / rate)
-        print(f"{name}: {rate:.2f} steps/s after a {startup:.0f} s start-up", flush=True)
+        size_path, _, size_out = pretrain(recipe, f"{name}_sizing", out,
+                                          [*args.overrides, f"train.steps={SIZING_STEPS}"], args.reuse)
+        steps_per_epoch = int(STEPS_LINE.search(size_out).group(1))
+        n = calibration_steps(_throughput(size_path.parent) / batch, steps_per_epoch)
+        cal_path, cal_s, _ = pretrain(recipe, f"{name}_calibration", out,
+                                      [*args.overrides, f"train.steps={n}"], args.reuse)
+        rate = _throughput(cal_path.parent, second_half=True) / batch  # steps per second, steady state
+        startup = max(0.0, cal_s - n / rate)
+        print(f"{name}: {rate:.2f} steps/s after a {startup:.0f} s start-up ({n}-step calibration, "
+              f"{cal_s:.0f} s)", flush=True)
         runs[recipe] = []
         for f in fractions:
             if recipe == ref and f == 1.0:
                 encoder, seconds, steps = path, total, int(found.group(2))
             else:
-                steps = round((f * total - startup) * rate)
+                steps = fitted_steps(f * total, startup, rate)
                 if steps < MIN_STEPS:
                     print(f"warning: {name} fits {steps} steps into {f:g} T = {f * total:.0f} s after its "
                           f"{startup:.0f} s start-up; it runs {MIN_STEPS}, longer than the budget", flush=True)

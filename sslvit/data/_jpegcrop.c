@@ -103,7 +103,11 @@ static PyObject *decode_region(PyObject *self, PyObject *args) {
     if (row0 > 0) jpeg_skip_scanlines(&cinfo, (JDIMENSION)row0);
 
     out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)height * (Py_ssize_t)width * 3);
-    if (out == NULL) longjmp(err.jump, 1);
+    if (out == NULL) {
+        PyErr_Clear();
+        snprintf(err.message, sizeof(err.message), "out of memory for a %dx%d region", width, height);
+        longjmp(err.jump, 1);
+    }
     unsigned char *dst = (unsigned char *)PyByteArray_AS_STRING(out);
     enum { CHUNK = 16 };
     const size_t stride = (size_t)crop_width * 3, shift = (size_t)(left - (int)xoffset) * 3;

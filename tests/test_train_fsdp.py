@@ -5,7 +5,8 @@ accelerate runs FSDP only on GPUs and other accelerators: on CPUs it sets up pla
 sslvit turns both into one error. torch's FSDP2 itself shards on CPUs over gloo, so the run is also
 launched with accelerate's state set to FSDP where it would have set up ``MULTI_CPU`` (FSDP_ON_CPU
 below): the same config then shards every transformer Block over the 2 ranks, writes sharded step
-checkpoints, resumes from one bitwise and publishes the full (gathered) encoder.
+checkpoints, resumes from one bitwise and publishes the full (gathered) encoder. data2vec 2.0's EMA
+teacher is sharded the same way: its update runs on each rank's shard and ends where DDP's does.
 
 The launcher keeps the config file and overrides only what a CPU needs: ``--num_processes 2`` (the
 config says 8 GPUs) and ``--mixed_precision no`` (the config's bf16 is for GPUs; fp32 keeps the CPU
@@ -32,6 +33,14 @@ FSDP_CONFIG = ROOT / "sslvit" / "configs" / "accelerate_fsdp.yaml"
 # grad_accum 2 and clipping as in the ViT-L / ViT-H recipes (grad_accum 4)
 TINY = [*TINY_MAE, "train.trackers=[]", "data.batch_size=16", "data.num_workers=0", "train.steps=6",
         "train.ckpt_every=3", "train.keep_last=0", "train.grad_accum=2", "optim.clip_grad=1.0"]
+
+# data2vec 2.0 with its EMA teacher (a second copy of the encoder's Blocks, sharded like the student's)
+DATA2VEC2 = (ROOT / "sslvit" / "configs" / "data2vec2_digits.yaml",
+             ["model.name=vit_pico_patch4", "objective.top_k=2", "objective.num_masks=2", "objective.decoder_dim=32",
+              "objective.decoder_layers=1", "objective.ema_decay=0.9", "objective.ema_end_decay=0.99",
+              "objective.ema_anneal_steps=4", "train.progress=false", "train.trackers=[]", "train.log_every=1",
+              "optim.warmup_steps=1", "optim.base_lr=1e-3", "data.batch_size=16", "data.num_workers=0",
+              "train.steps=4", "train.ckpt_every=2", "train.keep_last=0", "train.grad_accum=2"])
 
 # accelerate's state as it would be on GPUs (FSDP with the plugin read from the launcher's FSDP_*
 # variables) where on a CPU it set up MULTI_CPU; KILL_AT: SIGKILL every rank once that step's
@@ -76,9 +85,11 @@ def _env(**extra: str) -> dict:
 
 
 def _launch(workdir: Path, port: int, *overrides: str, fsdp: bool = True, forced: bool = True,
-            launcher_flags: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+            launcher_flags: tuple[str, ...] = (), recipe: tuple[Path, list[str]] = (DEFAULT_CONFIG, TINY),
+            **env: str) -> subprocess.CompletedProcess:
     """``accelerate launch [--config_file accelerate_fsdp.yaml] --num_processes 2 --mixed_precision no``
-    of ``sslvit pretrain`` (through FSDP_ON_CPU when ``forced``; plain DDP on CPUs when not ``fsdp``)."""
+    of ``sslvit pretrain --config CONFIG OVERRIDES`` for ``recipe`` = (CONFIG, OVERRIDES) (through
+    FSDP_ON_CPU when ``forced``; plain DDP on CPUs when not ``fsdp``)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
     if fsdp:
         launcher += ["--config_file", str(FSDP_CONFIG)]
@@ -93,7 +104,8 @@ def _launch(workdir: Path, port: int, *overrides: str, fsdp: bool = True, forced
         program = [str(script), "pretrain"]
     else:
         program = ["-m", "sslvit", "pretrain"]
-    cmd = [*launcher, *program, "--config", str(DEFAULT_CONFIG), *TINY, *overrides]
+    config, base = recipe
+    cmd = [*launcher, *program, "--config", str(config), *base, *overrides]
     return subprocess.run(cmd, cwd=workdir, env=_env(**env), capture_output=True, text=True, timeout=300)
 
 
@@ -207,3 +219,37 @@ def test_the_last_good_checkpoint_reads_sharded_weights(tmp_path):
     assert skipped == ["step_0000004 has non-finite weights in 1 tensors"]
     whole = model_tensors(found)
     assert torch.equal(whole["pytorch_model_fsdp_0/model.blocks.0.w"], torch.ones(3, 2))
+
+
+def test_fsdp_shards_the_data2vec2_teacher_resumes_it_bitwise_and_updates_it_as_ddp_does(workdir):
+    """The EMA update runs on each rank's shard of the teacher: the run resumes bitwise from a sharded
+    checkpoint, and the teacher it ends with is the one plain data parallelism computes."""
+    runs = workdir / "runs"
+    full = _launch(workdir, 29731, *_common(workdir, "d2v_full"), recipe=DATA2VEC2)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _launch(workdir, 29733, *_common(workdir, "d2v_killed"), recipe=DATA2VEC2, KILL_AT="2")
+    assert killed.returncode != 0 and "exitcode  : -9" in killed.stderr, killed.stderr[-3000:]
+    step2 = runs / "d2v_killed" / "checkpoints" / "step_0000002"
+    sharded = model_tensors(step2)
+    teacher = sorted(k for k in sharded if k.startswith("pytorch_model_fsdp_0/model.teacher.blocks."))
+    assert teacher, sorted(sharded)[:5]
+    assert (step2 / "pytorch_model_fsdp_0" / "__1_0.distcp").is_file()
+    resumed = _launch(workdir, 29735, *_common(workdir, "d2v_killed"), "train.resume=latest", recipe=DATA2VEC2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("model.safetensors", "objective.safetensors"):
+        _assert_bitwise(_tensors(runs / "d2v_full" / name), _tensors(runs / "d2v_killed" / name))
+
+    ddp = _launch(workdir, 29737, *_common(workdir, "d2v_ddp"), recipe=DATA2VEC2, fsdp=False, forced=False)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    fsdp_state = _tensors(runs / "d2v_full" / "objective.safetensors")
+    ddp_state = _tensors(runs / "d2v_ddp" / "objective.safetensors")
+    assert fsdp_state.keys() == ddp_state.keys()
+    names = [k for k in ddp_state if k.startswith("teacher.")]
+    assert len([k for k in names if "blocks." in k]) == len(teacher)
+    for key in ddp_state:
+        torch.testing.assert_close(fsdp_state[key], ddp_state[key], rtol=1e-4, atol=1e-5, msg=key)
+    # the teacher moved with the student and is not a copy of it
+    moved = [k for k in names if "blocks." in k and not torch.equal(
+        sharded[f"pytorch_model_fsdp_0/model.{k}"], fsdp_state[k])]
+    assert moved, "the teacher did not move after step 2"
+    assert any(not torch.equal(fsdp_state[k], fsdp_state["encoder." + k.removeprefix("teacher.")]) for k in names)
